@@ -1,0 +1,1 @@
+"""FastAPI front end of the neural-entropy service: routes, schemas, DB tables, settings, auth."""
