@@ -84,7 +84,8 @@ class ForwardProcess(ABC):
 
     def perturb(self, x0: torch.Tensor, s: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """A draw of Y_s given Y_0 = x0: mu(s) x0 + Sigma(s) noise, with noise ~ N(0, I)."""
-        return append_dims(self.mean_scale(s), x0.ndim) * x0 + append_dims(self.std(s), x0.ndim) * noise
+        mu, std = self.mean_scale(s), self.std(s)
+        return append_dims(mu, x0.ndim) * x0 + append_dims(std, x0.ndim) * noise
 
     def conditional_score(self, y: torch.Tensor, x0: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """grad_y log p(y_s | x0) = -(y - mu x0) / Sigma^2."""
@@ -103,7 +104,9 @@ class ForwardProcess(ABC):
         d = y[0].numel()
         return -0.5 * squared_norm(y) / k2 - 0.5 * d * math.log(2.0 * math.pi * k2)
 
-    def probability_flow_drift(self, y: torch.Tensor, s: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    def probability_flow_drift(
+        self, y: torch.Tensor, s: torch.Tensor, score: torch.Tensor
+    ) -> torch.Tensor:
         """dy/ds of the probability-flow ODE: b(y, s) - sigma(s)^2 / 2 * score (MATH.md 5)."""
         half_g2 = append_dims(0.5 * self.diffusion_squared(s), y.ndim)
         return self.drift(y, s) - half_g2 * score
@@ -117,8 +120,8 @@ class ForwardProcess(ABC):
     def prior_variance(self, t: float | None = None, data_variance: float | None = None) -> float:
         """Variance of the Gaussian prior pi = N(0, (mu(T)^2 v + Sigma(T)^2) I) at time T.
 
-        With v = k^2 (the default for a proper equilibrium) this is exactly the equilibrium N(0, k^2 I);
-        for VE it is the MATH.md 1 prior N(0, (Sigma(T)^2 + data variance) I).
+        With v = k^2 (the default for a proper equilibrium) this is exactly the equilibrium
+        N(0, k^2 I); for VE it is the MATH.md 1 prior N(0, (Sigma(T)^2 + data variance) I).
         """
         t = self.t_max if t is None else t
         v = self.default_data_variance() if data_variance is None else data_variance
@@ -168,7 +171,7 @@ class ForwardProcess(ABC):
 
 
 class VP(ForwardProcess):
-    """Variance preserving: beta(s) linear, a = beta/2, sigma^2 = kappa^2 beta; kappa = 0.1 is "VPx"."""
+    """Variance preserving: beta(s) linear, a = beta/2, sigma^2 = kappa^2 beta; "VPx": kappa=0.1."""
 
     kind = "vp"
 
@@ -202,11 +205,16 @@ class VP(ForwardProcess):
         return self.kappa**2
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": self.kind, "beta_min": self.beta_min, "beta_max": self.beta_max, "kappa": self.kappa}
+        return {
+            "kind": self.kind,
+            "beta_min": self.beta_min,
+            "beta_max": self.beta_max,
+            "kappa": self.kappa,
+        }
 
 
 class VPCosine(ForwardProcess):
-    """Variance preserving with the cosine schedule mu(s) = cos(pi/2 (s+c)/(1+c)) / cos(pi/2 c/(1+c))."""
+    """Variance preserving, cosine schedule: mu(s) = cos(pi/2 (s+c)/(1+c)) / cos(pi/2 c/(1+c))."""
 
     kind = "vp_cosine"
 
@@ -231,7 +239,8 @@ class VPCosine(ForwardProcess):
         return self.kappa**2 * self.beta(s)
 
     def log_mean_scale(self, s: torch.Tensor) -> torch.Tensor:
-        return torch.log(torch.cos(self._angle(s))) - math.log(math.cos(0.5 * math.pi * self.c / (1.0 + self.c)))
+        log_cos0 = math.log(math.cos(0.5 * math.pi * self.c / (1.0 + self.c)))
+        return torch.log(torch.cos(self._angle(s))) - log_cos0
 
     def variance(self, s: torch.Tensor) -> torch.Tensor:
         return -self.kappa**2 * torch.expm1(2.0 * self.log_mean_scale(s))
@@ -247,7 +256,7 @@ class VPCosine(ForwardProcess):
 
 
 class SL(ForwardProcess):
-    """Straight line: mu(s) = 1 - s, Sigma^2 = sigma0^2 (1 - (1-s)^2), equilibrium N(0, sigma0^2 I)."""
+    """Straight line: mu = 1 - s, Sigma^2 = sigma0^2 (1 - (1-s)^2), equilibrium N(0, sigma0^2 I)."""
 
     kind = "sl"
 
@@ -280,7 +289,7 @@ class SL(ForwardProcess):
 
 
 class VE(ForwardProcess):
-    """Variance exploding: no drift, Sigma(s)^2 = sigma_min^2 (r^(2s) - 1), r = sigma_max / sigma_min."""
+    """Variance exploding: no drift, Sigma^2 = sigma_min^2 (r^(2s) - 1), r = sigma_max/sigma_min."""
 
     kind = "ve"
 
@@ -317,7 +326,7 @@ PROCESS_KINDS: dict[str, type[ForwardProcess]] = {p.kind: p for p in (VP, VPCosi
 
 
 def process_from_spec(spec: dict[str, Any]) -> ForwardProcess:
-    """Build a process from `{"kind": ..., **params}`; unknown kinds or parameters raise ValueError."""
+    """Build a process from `{"kind": ..., **params}`; unknown kinds/parameters raise ValueError."""
     params = dict(spec)
     kind = params.pop("kind", "vp")
     cls = PROCESS_KINDS.get(kind)

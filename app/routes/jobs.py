@@ -1,0 +1,105 @@
+"""/v1/jobs: submit train / measure / sample jobs, list, get, cancel, fetch samples."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi.responses import FileResponse
+from redis import Redis
+
+from app import queue as rq_client
+from app.artifacts import ArtifactStoreDep
+from app.auth import CurrentOwner, SessionDep, SettingsDep
+from app.errors import problem_responses
+from app.schemas.common import Limit, Offset, Page, page_of
+from app.schemas.jobs import JobCreate, JobPublic
+from app.services import jobs as service
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+StatusFilter = Literal["queued", "running", "succeeded", "failed", "canceled"]
+TypeFilter = Literal["train", "measure", "sample"]
+
+_EXAMPLES = {
+    "train (all defaults)": {"value": {"type": "train", "dataset_id": "ds_..."}},
+    "train (10 epochs, milestones)": {"value": {
+        "type": "train", "dataset_id": "ds_...", "process": {"kind": "vp", "kappa": 1.0},
+        "training": {"epochs": 10, "milestones": [5]}, "measurement": {"n_times": 64}}},
+    "measure": {"value": {"type": "measure", "checkpoint_id": "ckpt_...",
+                          "dataset_id": "ds_..."}},
+    "sample": {"value": {"type": "sample", "checkpoint_id": "ckpt_...", "n": 64, "seed": 0}},
+}
+
+
+def _redis(request: Request) -> Redis:
+    return rq_client.redis_connection(request.app.state.settings.resolved_redis_url)
+
+
+@router.post(
+    "", status_code=202, response_model=JobPublic,
+    summary="Submit a job; 202 + Location: /v1/jobs/{id}",
+    description=(
+        "Every field has a documented default, so `{\"type\": \"train\", \"dataset_id\": ...}` "
+        "works: the paper's MLP for vectors or a small U-Net for images, VP(0.1, 16, 1), the "
+        "training and measurement defaults below. The fully resolved request is stored and "
+        "returned as `request`. Inconsistent settings get 422 naming the field; values over a "
+        "configured cap get 422 naming the cap."),
+    responses=problem_responses(401, 404, 422, 503),
+)
+def submit_job(request: Request, response: Response, session: SessionDep, owner: CurrentOwner,
+               settings: SettingsDep,
+               body: Annotated[JobCreate, Body(openapi_examples=_EXAMPLES)]) -> JobPublic:
+    job = service.submit(session, owner, body, settings, _redis(request))
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return service.job_public(session, job)
+
+
+@router.get("", response_model=Page[JobPublic], summary="List your jobs (newest first)",
+            responses=problem_responses(401, 422))
+def list_jobs(session: SessionDep, owner: CurrentOwner,
+              status: Annotated[StatusFilter | None, Query(description="Only this status.")] = None,
+              type: Annotated[TypeFilter | None, Query(description="Only this type.")] = None,
+              limit: Limit = 50, offset: Offset = 0) -> Page[JobPublic]:
+    rows, total = service.list_owned(session, owner, status, type, limit, offset)
+    return page_of([service.job_public(session, j) for j in rows], total, limit, offset)
+
+
+@router.get("/{job_id}", response_model=JobPublic, summary="Get a job (status, progress, results)",
+            responses=problem_responses(401, 404))
+def get_job(job_id: str, session: SessionDep, owner: CurrentOwner) -> JobPublic:
+    return service.job_public(session, service.get_owned(session, owner, job_id))
+
+
+@router.post(
+    "/{job_id}/cancel", response_model=JobPublic,
+    summary="Cancel a job: a queued job is canceled at once, a running one between steps",
+    responses=problem_responses(401, 404, 409),
+)
+def cancel_job(job_id: str, request: Request, session: SessionDep,
+               owner: CurrentOwner) -> JobPublic:
+    try:
+        connection: Redis | None = _redis(request)
+    except Exception:  # noqa: BLE001 - cancel works from the DB alone
+        connection = None
+    return service.job_public(session, service.cancel(session, owner, job_id, connection))
+
+
+@router.get("/{job_id}/samples.npy", response_class=FileResponse,
+            summary="Samples of a succeeded sample job as .npy (n, ...)",
+            responses={200: {"content": {"application/octet-stream": {}}},
+                       **problem_responses(401, 404, 409)})
+def samples_npy(job_id: str, session: SessionDep, owner: CurrentOwner,
+                store: ArtifactStoreDep) -> FileResponse:
+    sha = service.samples_artifact(session, owner, job_id, "npy")
+    return FileResponse(store.path(sha), media_type="application/octet-stream",
+                        filename=f"{job_id}-samples.npy")
+
+
+@router.get("/{job_id}/samples.png", response_class=FileResponse,
+            summary="Image samples of a succeeded sample job as a PNG grid",
+            responses={200: {"content": {"image/png": {}}}, **problem_responses(401, 404, 409)})
+def samples_png(job_id: str, session: SessionDep, owner: CurrentOwner,
+                store: ArtifactStoreDep) -> FileResponse:
+    sha = service.samples_artifact(session, owner, job_id, "png")
+    return FileResponse(store.path(sha), media_type="image/png")

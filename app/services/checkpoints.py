@@ -1,0 +1,162 @@
+"""Checkpoints: create from an upload, list, get, delete, locate for download.
+
+An upload is validated completely (`models.checkpoint_io.read_checkpoint`: container, metadata,
+config, tensor names/shapes/dtypes against the architecture) before anything is stored. What is
+stored is the canonical file: the same tensors, rewritten with the merged and normalised config
+as metadata, so the download always carries the config the service uses (for uploads and for the
+checkpoints train jobs register through `worker.checkpoints.store_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.artifacts import ArtifactStore
+from app.errors import ProblemError, conflict, not_found, unprocessable
+from app.schemas.checkpoints import CHECKPOINT_MEDIA_TYPE, CheckpointPublic
+from app.services.uploads import ReceivedUpload, too_large
+from app.settings import Settings
+from app.tables import Checkpoint, Job, JobStatus, Owner
+from models.checkpoint_io import (
+    CheckpointError,
+    CheckpointTooLarge,
+    NotSafetensors,
+    read_checkpoint,
+    write_checkpoint,
+)
+
+ACTIVE_STATUSES = (JobStatus.queued.value, JobStatus.running.value)
+FORM_FIELDS = ("config",)
+
+
+# ---- documents ----
+def checkpoint_public(row: Checkpoint) -> CheckpointPublic:
+    config = row.config or {}
+    return CheckpointPublic(
+        id=row.id, config=config, parametrization=str(config.get("parametrization", "")),
+        arch=str((config.get("network") or {}).get("arch", "")),
+        event_shape=[int(d) for d in config.get("event_shape") or []],
+        num_classes=config.get("num_classes"), sha256=row.sha256, size_bytes=int(row.size_bytes),
+        source=row.source, job_id=row.job_id, epoch=row.epoch,  # type: ignore[arg-type]
+        download_url=f"/v1/checkpoints/{row.id}/download", created_at=row.created_at,
+    )
+
+
+# ---- creation ----
+def problem_from(exc: CheckpointError, limit: int) -> ProblemError:
+    """The HTTP problem for a refused checkpoint: 413 size, 415 other formats, 422 otherwise."""
+    if isinstance(exc, CheckpointTooLarge):
+        return too_large(limit)
+    if isinstance(exc, NotSafetensors):
+        return ProblemError(415, "Unsupported Media Type", str(exc), exc.field, reason=exc.code)
+    extra: dict[str, Any] = {"reason": exc.code}
+    if exc.offending:
+        extra["offending_tensors"] = exc.offending
+    return unprocessable(str(exc), exc.field, **extra)
+
+
+def parse_config_field(fields: dict[str, str]) -> dict[str, Any] | None:
+    """The optional `config` form field as a JSON object; 422 naming the field otherwise."""
+    unknown = sorted(set(fields) - set(FORM_FIELDS))
+    if unknown:
+        raise unprocessable(f"unknown form field {unknown[0]!r}; the upload takes 'file' and an "
+                            "optional 'config'", unknown[0])
+    raw = fields.get("config")
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise unprocessable(f"config is not valid JSON: {exc}", "config") from None
+    if not isinstance(value, dict):
+        raise unprocessable("config must be a JSON object", "config")
+    return value
+
+
+def create_from_upload(session: Session, store: ArtifactStore, settings: Settings, owner: Owner,
+                       upload: ReceivedUpload) -> Checkpoint:
+    """Validate the staged upload and store its canonical form; nothing is stored on failure."""
+    assert upload.file_path is not None
+    overrides = parse_config_field(upload.fields)
+    limit = settings.max_upload_bytes
+    data = Path(upload.file_path).read_bytes()
+    try:
+        config, tensors = read_checkpoint(data, limit, overrides=overrides)
+        canonical = write_checkpoint(tensors, config, check=False)
+    except CheckpointError as exc:
+        raise problem_from(exc, limit) from None
+    del data, tensors
+    return _store(session, store, owner.id, canonical, config.to_dict(), source="upload")
+
+
+def _store(session: Session, store: ArtifactStore, owner_id: str, blob: bytes,
+           config: dict[str, Any], *, source: str, job_id: str | None = None,
+           epoch: int | None = None) -> Checkpoint:
+    sha = store.put_bytes(session, blob, CHECKPOINT_MEDIA_TYPE)
+    row = Checkpoint(owner_id=owner_id, sha256=sha, size_bytes=len(blob), config=config,
+                     source=source, job_id=job_id, epoch=epoch)
+    session.add(row)
+    session.flush()
+    return row
+
+
+# ---- queries ----
+def get_owned(session: Session, owner: Owner, checkpoint_id: str,
+              field: str | None = None) -> Checkpoint:
+    """The owner's checkpoint; 404 when it does not exist or belongs to someone else."""
+    row = session.get(Checkpoint, checkpoint_id)
+    if row is None or row.owner_id != owner.id:
+        raise not_found("checkpoint", checkpoint_id, field)
+    return row
+
+
+def list_owned(session: Session, owner: Owner, limit: int, offset: int, *,
+               source: str | None = None, job_id: str | None = None
+               ) -> tuple[list[Checkpoint], int]:
+    """A page of the owner's checkpoints, newest first, optionally by source or producing job."""
+    where = [Checkpoint.owner_id == owner.id]
+    if source is not None:
+        where.append(Checkpoint.source == source)
+    if job_id is not None:
+        where.append(Checkpoint.job_id == job_id)
+    total = session.scalar(select(func.count()).select_from(Checkpoint).where(*where)) or 0
+    rows = session.scalars(
+        select(Checkpoint).where(*where)
+        .order_by(Checkpoint.created_at.desc(), Checkpoint.id.desc()).limit(limit).offset(offset)
+    ).all()
+    return list(rows), int(total)
+
+
+def delete_owned(session: Session, store: ArtifactStore, owner: Owner, checkpoint_id: str) -> None:
+    """Delete a checkpoint: 409 while a queued/running job reads it; blob removed if unreferenced.
+
+    Finished jobs keep their resolved request (with the checkpoint id) but lose the link.
+    """
+    row = get_owned(session, owner, checkpoint_id)
+    active = session.scalars(
+        select(Job.id).where(Job.input_checkpoint_id == row.id, Job.status.in_(ACTIVE_STATUSES))
+        .limit(5)
+    ).all()
+    if active:
+        raise conflict(f"checkpoint {row.id} is used by active jobs {list(active)}; cancel them "
+                       "or wait until they finish", jobs=list(active))
+    session.execute(update(Job).where(Job.input_checkpoint_id == row.id)
+                    .values(input_checkpoint_id=None))
+    sha = row.sha256
+    session.delete(row)
+    session.flush()
+    store.delete_if_unreferenced(session, sha)
+
+
+def download_path(store: ArtifactStore, row: Checkpoint) -> Path:
+    """Where the stored .safetensors file is; 404 problem if the blob has gone missing."""
+    path = store.path(row.sha256)
+    if not path.is_file():
+        raise ProblemError(404, "Not Found", f"the file of checkpoint {row.id} is missing from "
+                           "the artifact store")
+    return path

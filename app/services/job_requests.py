@@ -1,0 +1,240 @@
+"""Resolving job requests: fill in every default, check consistency, apply the limits.
+
+The resolved request is the document stored in `Job.request` and read by the worker:
+
+    train:   {type, dataset_id, data_sha256, process, network, training, measurement, queue}
+    measure: {type, checkpoint_id, dataset_id, data_sha256, process, measurement, queue}
+    sample:  {type, checkpoint_id, n, seed, solver, steps, labels, queue}
+
+Inconsistent settings get 422 naming the field (e.g. `training.milestones`); values over a cap
+get 422 naming the cap (e.g. MAX_EPOCHS). Nothing is trained or measured here, and CUDA is never
+touched (configs are checked as dataclasses; no network is built).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.errors import not_found, over_limit, unprocessable
+from app.schemas.jobs import (
+    MeasureJobCreate,
+    MeasurementSpec,
+    NetworkSpec,
+    SampleJobCreate,
+    TrainJobCreate,
+)
+from app.services.datasets import get_owned as get_dataset
+from app.settings import Settings
+from app.tables import Checkpoint, Dataset, Owner
+from models.processes import ForwardProcess, process_from_spec
+
+FALLBACK_N_SAMPLES = 4096  # used only if models.estimators.MeasurementConfig has no default
+NUM_STEPS_VECTORS = 10  # paper: 10 throws per point for low-dimensional data
+NUM_STEPS_IMAGES = 1  # paper: 1 for images
+
+
+def default_measurement_samples() -> int:
+    """The estimator's own default `n_samples` (models.estimators.MeasurementConfig)."""
+    try:
+        from models.estimators import MeasurementConfig
+    except ImportError:
+        return FALLBACK_N_SAMPLES
+    for f in dataclasses.fields(MeasurementConfig):
+        if f.name == "n_samples" and isinstance(f.default, int):
+            return int(f.default)
+    return FALLBACK_N_SAMPLES
+
+
+def build_process(spec: dict[str, Any], field: str = "process") -> ForwardProcess:
+    try:
+        return process_from_spec(spec)
+    except ValueError as exc:
+        raise unprocessable(f"invalid process: {exc}", field) from None
+
+
+def event_shape_of(row: Dataset) -> tuple[int, ...]:
+    return tuple(int(d) for d in row.shape[1:])
+
+
+def checkpoint_owned(session: Session, owner: Owner, checkpoint_id: str) -> Checkpoint:
+    row = session.get(Checkpoint, checkpoint_id)
+    if row is None or row.owner_id != owner.id:
+        raise not_found("checkpoint", checkpoint_id, "checkpoint_id")
+    return row
+
+
+# ---- measurement ----
+def resolve_measurement(spec: MeasurementSpec, process: ForwardProcess, dataset: Dataset,
+                        settings: Settings) -> dict[str, Any]:
+    if spec.n_times > settings.max_curve_points:
+        raise over_limit("measurement.n_times", spec.n_times, settings.max_curve_points,
+                         "max_curve_points")
+    n_samples = spec.n_samples if spec.n_samples is not None else default_measurement_samples()
+    if n_samples > settings.max_n_samples:
+        raise over_limit("measurement.n_samples", n_samples, settings.max_n_samples,
+                         "max_n_samples")
+    t_min = process.t_min if spec.t_min is None else spec.t_min
+    t_max = process.t_max if spec.t_max is None else spec.t_max
+    if not process.t_min <= t_min:
+        raise unprocessable(f"t_min = {t_min:g} is below the start {process.t_min:g} of process "
+                            f"{process.kind!r}", "measurement.t_min")
+    if not t_max <= process.t_max:
+        raise unprocessable(f"t_max = {t_max:g} is beyond the end {process.t_max:g} of process "
+                            f"{process.kind!r}", "measurement.t_max")
+    if not t_min < t_max:
+        raise unprocessable(f"t_min ({t_min:g}) must be below t_max ({t_max:g})",
+                            "measurement.t_min")
+    split = dataset.split or {}
+    if spec.split == "test" and split.get("held_out") != "fresh_draws" \
+            and int(split.get("n_test", 1)) == 0:
+        raise unprocessable(
+            f"dataset {dataset.id} has no held-out points (test_fraction 0); measure on "
+            "split 'train' or upload it with test_fraction > 0", "measurement.split")
+    return {"n_times": spec.n_times, "n_samples": n_samples, "seed": spec.seed,
+            "split": spec.split, "t_min": t_min, "t_max": t_max,
+            "density_bound": spec.density_bound, "data_entropy": spec.data_entropy}
+
+
+# ---- network ----
+def _config_shape(config: Any) -> tuple[int, ...] | None:
+    shape = getattr(config, "shape", None)
+    if shape is not None:
+        return tuple(int(d) for d in shape)
+    if hasattr(config, "in_channels") and hasattr(config, "image_size"):
+        size = int(config.image_size)
+        return (int(config.in_channels), size, size)
+    return None
+
+
+def resolve_network(spec: NetworkSpec, event_shape: tuple[int, ...], num_classes: int | None,
+                    seed: int) -> dict[str, Any]:
+    """Defaults for the data's shape, overridden by the request's keys; checked against the data."""
+    from models.networks import MLPConfig, default_network_config, network_config_from_dict
+
+    overrides = dict(spec.model_extra or {})
+    arch = spec.arch
+    try:
+        base = default_network_config(event_shape, None, seed).to_dict()
+    except ValueError as exc:
+        if arch != "mlp":
+            raise unprocessable(f"no default network for this data: {exc}; give "
+                                "network.arch = 'mlp'", "network.arch") from None
+        base = {"arch": "mlp"}
+    if arch is not None and arch != base["arch"]:
+        if arch == "mlp":
+            base = MLPConfig(dim=math.prod(event_shape), event_shape=event_shape,
+                             seed=seed).to_dict()
+        else:
+            raise unprocessable(f"a {arch!r} network needs images (C, H, W); the data's samples "
+                                f"have shape {list(event_shape)}", "network.arch")
+    if arch == "mlp" and len(event_shape) > 1:
+        base.setdefault("event_shape", list(event_shape))
+    doc = {**base, **overrides}
+    try:
+        config = network_config_from_dict(doc)
+    except ValueError as exc:
+        msg = str(exc)
+        bad = next((k for k in overrides if repr(k) in msg or k in msg), None)
+        raise unprocessable(f"invalid network: {msg}", f"network.{bad}" if bad else "network") \
+            from None
+    shape = _config_shape(config)
+    if shape is not None and math.prod(shape) != math.prod(event_shape):
+        field = "network.dim" if "dim" in doc else "network"
+        raise unprocessable(f"the network takes samples of shape {list(shape)} "
+                            f"({math.prod(shape)} numbers) but the data's have shape "
+                            f"{list(event_shape)} ({math.prod(event_shape)})", field)
+    if shape is not None and len(shape) > 1 and shape != event_shape:
+        raise unprocessable(f"the network takes samples of shape {list(shape)} but the data's "
+                            f"have shape {list(event_shape)}", "network")
+    nc = getattr(config, "num_classes", None)
+    if nc is not None and num_classes is None:
+        raise unprocessable("a class-conditional network (num_classes set) needs a dataset with "
+                            "labels", "network.num_classes")
+    if nc is not None and num_classes is not None and nc < num_classes:
+        raise unprocessable(f"network.num_classes = {nc} but the labels need {num_classes}",
+                            "network.num_classes")
+    return config.to_dict()
+
+
+# ---- training ----
+def resolve_training(req: TrainJobCreate, dataset: Dataset, settings: Settings
+                     ) -> dict[str, Any]:
+    t = req.training
+    if t.epochs > settings.max_epochs:
+        raise over_limit("training.epochs", t.epochs, settings.max_epochs, "max_epochs")
+    bad = [m for m in t.milestones if not 1 <= m <= t.epochs]
+    if bad:
+        raise unprocessable(f"milestones {bad} lie outside 1..epochs ({t.epochs})",
+                            "training.milestones")
+    if len(set(t.milestones)) != len(t.milestones):
+        raise unprocessable("milestones must not repeat", "training.milestones")
+    n_train = int((dataset.split or {}).get("n_train", dataset.shape[0]))
+    if t.batch_size > n_train:
+        raise unprocessable(f"batch_size {t.batch_size} exceeds the {n_train} training points "
+                            f"of dataset {dataset.id}", "training.batch_size")
+    num_steps = t.num_steps
+    if num_steps is None:
+        num_steps = NUM_STEPS_IMAGES if dataset.is_image else NUM_STEPS_VECTORS
+    return {"epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr, "num_steps": num_steps,
+            "seed": t.seed, "milestones": sorted(t.milestones), "weighting": t.weighting,
+            "grad_clip": t.grad_clip, "ema_decay": t.ema_decay}
+
+
+# ---- whole requests ----
+def resolve_train(session: Session, owner: Owner, req: TrainJobCreate, settings: Settings
+                  ) -> tuple[dict[str, Any], Dataset]:
+    dataset = get_dataset(session, owner, req.dataset_id, "dataset_id")
+    process = build_process(req.process.model_dump())
+    training = resolve_training(req, dataset, settings)
+    network = resolve_network(req.network, event_shape_of(dataset), dataset.num_classes,
+                              training["seed"])
+    measurement = resolve_measurement(req.measurement, process, dataset, settings)
+    doc = {"type": "train", "dataset_id": dataset.id, "data_sha256": dataset.sha256,
+           "process": process.spec(), "network": network, "training": training,
+           "measurement": measurement}
+    return doc, dataset
+
+
+def resolve_measure(session: Session, owner: Owner, req: MeasureJobCreate, settings: Settings
+                    ) -> tuple[dict[str, Any], Dataset, Checkpoint]:
+    checkpoint = checkpoint_owned(session, owner, req.checkpoint_id)
+    dataset = get_dataset(session, owner, req.dataset_id, "dataset_id")
+    config = checkpoint.config or {}
+    want = tuple(int(d) for d in config.get("event_shape") or ())
+    have = event_shape_of(dataset)
+    if want and want != have:
+        raise unprocessable(f"dataset {dataset.id} has samples of shape {list(have)} but "
+                            f"checkpoint {checkpoint.id} takes {list(want)}", "dataset_id")
+    if config.get("num_classes") and dataset.num_classes is None:
+        raise unprocessable(f"checkpoint {checkpoint.id} is class-conditional but dataset "
+                            f"{dataset.id} has no labels", "dataset_id")
+    process = build_process(config.get("process") or {"kind": "vp"}, "checkpoint_id")
+    measurement = resolve_measurement(req.measurement, process, dataset, settings)
+    doc = {"type": "measure", "checkpoint_id": checkpoint.id, "dataset_id": dataset.id,
+           "data_sha256": dataset.sha256, "process": process.spec(), "measurement": measurement}
+    return doc, dataset, checkpoint
+
+
+def resolve_sample(session: Session, owner: Owner, req: SampleJobCreate, settings: Settings
+                   ) -> tuple[dict[str, Any], Checkpoint]:
+    checkpoint = checkpoint_owned(session, owner, req.checkpoint_id)
+    if req.n > settings.max_sample_count:
+        raise over_limit("n", req.n, settings.max_sample_count, "max_sample_count")
+    num_classes = (checkpoint.config or {}).get("num_classes")
+    labels = req.labels
+    if labels is not None:
+        if not num_classes:
+            raise unprocessable("labels given for an unconditional checkpoint", "labels")
+        if len(labels) != req.n:
+            raise unprocessable(f"labels has {len(labels)} entries; n = {req.n}", "labels")
+        if any(not 0 <= lab < num_classes for lab in labels):
+            raise unprocessable(f"labels must lie in 0..{num_classes - 1}", "labels")
+    elif num_classes:
+        labels = [i % int(num_classes) for i in range(req.n)]  # classes in turn
+    doc = {"type": "sample", "checkpoint_id": checkpoint.id, "n": req.n, "seed": req.seed,
+           "solver": req.solver, "steps": req.steps, "labels": labels}
+    return doc, checkpoint

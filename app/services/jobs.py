@@ -1,0 +1,194 @@
+"""Jobs: submit (resolve, store `queued`, enqueue), list, get, cancel, documents.
+
+Order of submission: the row is committed BEFORE the id goes on RQ (so a worker never picks up an
+id the database does not have yet). If Redis cannot take it, the row is removed again and the
+client gets 503: a failed submission changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis import Redis
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from app import queue as rq_client
+from app.errors import ProblemError, conflict, not_found
+from app.schemas.jobs import (
+    JobPublic,
+    MeasureJobCreate,
+    MilestonePublic,
+    Progress,
+    SampleJobCreate,
+    TrainJobCreate,
+)
+from app.services import job_requests
+from app.settings import Settings
+from app.tables import Job, JobMilestone, JobStatus, Owner, utcnow
+
+log = logging.getLogger(__name__)
+
+JobRequest = TrainJobCreate | MeasureJobCreate | SampleJobCreate
+
+
+def choose_queue(requested: str, connection: Redis) -> str:
+    """`gpu` or `cpu`; `auto` means gpu when a live RQ worker listens on the gpu queue."""
+    if requested != "auto":
+        return requested
+    try:
+        from rq import Worker
+
+        for worker in Worker.all(connection=connection):
+            if "gpu" in worker.queue_names():
+                return "gpu"
+    except Exception:  # noqa: BLE001 - no worker registry: fall back to cpu
+        log.warning("could not list RQ workers; using the cpu queue", exc_info=True)
+    return "cpu"
+
+
+def submit(session: Session, owner: Owner, req: JobRequest, settings: Settings,
+           connection: Redis) -> Job:
+    """Resolve `req`, create the job row `queued`, commit, and enqueue its id."""
+    dataset_id: str | None = None
+    checkpoint_id: str | None = None
+    if isinstance(req, TrainJobCreate):
+        doc, dataset = job_requests.resolve_train(session, owner, req, settings)
+        dataset_id = dataset.id
+    elif isinstance(req, MeasureJobCreate):
+        doc, dataset, checkpoint = job_requests.resolve_measure(session, owner, req, settings)
+        dataset_id, checkpoint_id = dataset.id, checkpoint.id
+    else:
+        doc, checkpoint = job_requests.resolve_sample(session, owner, req, settings)
+        checkpoint_id = checkpoint.id
+    queue_name = choose_queue(req.queue, connection)
+    doc["queue"] = queue_name
+    job = Job(owner_id=owner.id, type=req.type, status=JobStatus.queued.value, queue=queue_name,
+              dataset_id=dataset_id, input_checkpoint_id=checkpoint_id, request=doc,
+              progress={"phase": "queued"})
+    session.add(job)
+    session.commit()
+    try:
+        rq_id = rq_client.enqueue_job(job.id, queue_name, connection=connection)
+    except Exception as exc:  # noqa: BLE001 - Redis down or refusing
+        log.error("could not enqueue job %s: %s", job.id, exc)
+        session.execute(delete(Job).where(Job.id == job.id))
+        session.commit()
+        raise ProblemError(503, "Service Unavailable",
+                           "the job queue (Redis) is not reachable; nothing was created, retry "
+                           "later", headers={"Retry-After": "10"}) from None
+    session.execute(update(Job).where(Job.id == job.id, Job.rq_job_id.is_(None))
+                    .values(rq_job_id=rq_id))
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+# ---- queries ----
+def get_owned(session: Session, owner: Owner, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.owner_id != owner.id:
+        raise not_found("job", job_id)
+    return job
+
+
+def list_owned(session: Session, owner: Owner, status: str | None, job_type: str | None,
+               limit: int, offset: int) -> tuple[list[Job], int]:
+    conds = [Job.owner_id == owner.id]
+    if status is not None:
+        conds.append(Job.status == status)
+    if job_type is not None:
+        conds.append(Job.type == job_type)
+    total = session.scalar(select(func.count()).select_from(Job).where(*conds)) or 0
+    rows = session.scalars(select(Job).where(*conds)
+                           .order_by(Job.created_at.desc(), Job.id.desc())
+                           .limit(limit).offset(offset)).all()
+    return list(rows), int(total)
+
+
+def cancel(session: Session, owner: Owner, job_id: str, connection: Redis | None) -> Job:
+    """Ask a job to stop: a queued job is canceled now; a running one stops between steps."""
+    job = get_owned(session, owner, job_id)
+    if JobStatus(job.status).is_final:
+        raise conflict(f"job {job.id} has already finished ({job.status})", status_now=job.status)
+    job.cancel_requested = True
+    if job.status == JobStatus.queued.value:
+        # only if still queued in the DB (the worker may have just taken it)
+        result = session.execute(
+            update(Job).where(Job.id == job.id, Job.status == JobStatus.queued.value)
+            .values(status=JobStatus.canceled.value, finished_at=utcnow(), cancel_requested=True,
+                    progress={"phase": "canceled"})
+        )
+        if getattr(result, "rowcount", 0) and connection is not None and job.rq_job_id:
+            _drop_from_queue(job.rq_job_id, connection)
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def _drop_from_queue(rq_job_id: str, connection: Redis) -> None:
+    try:
+        from rq.job import Job as RQJob
+
+        RQJob.fetch(rq_job_id, connection=connection).cancel()
+    except Exception:  # noqa: BLE001 - best effort: the worker also checks the DB status
+        log.info("could not remove RQ job %s from its queue", rq_job_id, exc_info=True)
+
+
+# ---- documents ----
+def _progress(job: Job) -> Progress:
+    raw: dict[str, Any] = dict(job.progress or {})
+    raw.setdefault("phase", job.status)
+    known = {k: raw.get(k) for k in Progress.model_fields}
+    if job.status == JobStatus.succeeded.value:
+        known["fraction"] = 1.0
+    return Progress.model_validate(known)
+
+
+def job_links(job: Job) -> dict[str, str]:
+    links = {"self": f"/v1/jobs/{job.id}", "cancel": f"/v1/jobs/{job.id}/cancel"}
+    if job.measurement_id:
+        links["measurement"] = f"/v1/measurements/{job.measurement_id}"
+        links["curve"] = f"/v1/measurements/{job.measurement_id}/curve"
+        links["plot"] = f"/v1/measurements/{job.measurement_id}/plot.png"
+    if job.checkpoint_id:
+        links["checkpoint"] = f"/v1/checkpoints/{job.checkpoint_id}"
+    if job.dataset_id:
+        links["dataset"] = f"/v1/datasets/{job.dataset_id}"
+    if job.type == "sample":
+        links["samples_npy"] = f"/v1/jobs/{job.id}/samples.npy"
+        links["samples_png"] = f"/v1/jobs/{job.id}/samples.png"
+    return links
+
+
+def job_public(session: Session, job: Job) -> JobPublic:
+    milestones = session.scalars(
+        select(JobMilestone).where(JobMilestone.job_id == job.id).order_by(JobMilestone.epoch)
+    ).all()
+    return JobPublic(
+        id=job.id, type=job.type, status=job.status, queue=job.queue,  # type: ignore[arg-type]
+        progress=_progress(job), created_at=job.created_at, started_at=job.started_at,
+        finished_at=job.finished_at, error=job.error, cancel_requested=job.cancel_requested,
+        dataset_id=job.dataset_id, input_checkpoint_id=job.input_checkpoint_id,
+        measurement_id=job.measurement_id, checkpoint_id=job.checkpoint_id,
+        milestones=[MilestonePublic(epoch=m.epoch, measurement_id=m.measurement_id,
+                                    checkpoint_id=m.checkpoint_id) for m in milestones],
+        device=job.device, compute_seconds=job.compute_seconds, links=job_links(job),
+        request=job.request,
+    )
+
+
+def samples_artifact(session: Session, owner: Owner, job_id: str, kind: str) -> str:
+    """sha256 of a sample job's `npy` or `png` output; 409 until it has succeeded."""
+    job = get_owned(session, owner, job_id)
+    if job.type != "sample":
+        raise not_found("samples of job", job_id)
+    if job.status != JobStatus.succeeded.value:
+        raise conflict(f"job {job.id} is {job.status}; samples exist once it has succeeded",
+                       status_now=job.status)
+    sha = job.samples_sha256 if kind == "npy" else job.samples_png_sha256
+    if not sha:
+        what = "a PNG grid (only image samples have one)" if kind == "png" else "samples"
+        raise not_found(f"{what} for job", job_id)
+    return sha

@@ -1,0 +1,89 @@
+"""Measurements: documents, curve rows (JSON / CSV) and the plot."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.errors import not_found
+from app.schemas.measurements import (
+    CURVE_COLUMNS,
+    CurvePointPublic,
+    CurvePublic,
+    MeasurementPublic,
+)
+from app.tables import CurvePoint, Measurement, Owner
+
+TOTAL_COLUMNS = ("total_rate", "total_rate_stderr", "total_cumulative")
+
+
+def get_owned(session: Session, owner: Owner, measurement_id: str) -> Measurement:
+    row = session.get(Measurement, measurement_id)
+    if row is None or row.owner_id != owner.id:
+        raise not_found("measurement", measurement_id)
+    return row
+
+
+def points_of(session: Session, measurement: Measurement) -> list[CurvePoint]:
+    return list(session.scalars(
+        select(CurvePoint).where(CurvePoint.measurement_id == measurement.id)
+        .order_by(CurvePoint.idx)).all())
+
+
+def _links(m: Measurement) -> dict[str, str]:
+    links = {"self": f"/v1/measurements/{m.id}",
+             "curve_json": f"/v1/measurements/{m.id}/curve?format=json",
+             "curve_csv": f"/v1/measurements/{m.id}/curve?format=csv",
+             "plot": f"/v1/measurements/{m.id}/plot.png"}
+    if m.job_id:
+        links["job"] = f"/v1/jobs/{m.job_id}"
+    if m.checkpoint_id:
+        links["checkpoint"] = f"/v1/checkpoints/{m.checkpoint_id}"
+    if m.dataset_id:
+        links["dataset"] = f"/v1/datasets/{m.dataset_id}"
+    return links
+
+
+def measurement_public(session: Session, m: Measurement) -> MeasurementPublic:
+    s: dict[str, Any] = dict(m.summary or {})
+    n_points = session.scalar(select(func.count()).select_from(CurvePoint)
+                              .where(CurvePoint.measurement_id == m.id)) or 0
+    return MeasurementPublic(
+        id=m.id, job_id=m.job_id, dataset_id=m.dataset_id, checkpoint_id=m.checkpoint_id,
+        epoch=m.epoch, created_at=m.created_at, neural_entropy=s.get("neural_entropy"),
+        total_entropy=s.get("total_entropy"), density_bound=s.get("density_bound"),
+        data_entropy=s.get("data_entropy"), t_min=s.get("t_min"), t_max=s.get("t_max"),
+        n_evaluations=s.get("n_evaluations"), dim=s.get("dim"), n_points=int(n_points),
+        summary=s, reproducibility=dict(m.reproducibility or {}), links=_links(m),
+    )
+
+
+def has_total(points: list[CurvePoint]) -> bool:
+    return any(p.total_cumulative is not None or p.total_rate is not None for p in points)
+
+
+def curve_public(m: Measurement, points: list[CurvePoint]) -> CurvePublic:
+    total = has_total(points)
+    columns = [c for c in CURVE_COLUMNS if total or c not in TOTAL_COLUMNS]
+    return CurvePublic(
+        measurement_id=m.id, columns=columns, has_total=total,
+        points=[CurvePointPublic.model_validate({c: getattr(p, c) for c in CURVE_COLUMNS})
+                for p in points],
+    )
+
+
+def curve_csv(points: list[CurvePoint]) -> str:
+    """CSV with a header row; the S_tot columns only when known; empty cells for nulls."""
+    total = has_total(points)
+    columns = [c for c in CURVE_COLUMNS if total or c not in TOTAL_COLUMNS]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for p in points:
+        writer.writerow(["" if getattr(p, c) is None else repr(float(getattr(p, c)))
+                         for c in columns])
+    return buf.getvalue()

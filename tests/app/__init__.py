@@ -1,0 +1,1 @@
+"""API tests (tests mirror app/routes)."""
