@@ -91,15 +91,24 @@ def cfg_error(key: str, message: str) -> CheckpointError:
 def _config_from_dict(d: Mapping[str, Any]) -> CheckpointConfig:
     if not isinstance(d, Mapping):
         raise CheckpointError("the config must be a JSON object", code="bad_config", field="config")
-    known = {"format_version", "network", "parametrization", "process", "event_shape",
-             "value_range", "num_classes", "provenance"}
+    known = {
+        "format_version",
+        "network",
+        "parametrization",
+        "process",
+        "event_shape",
+        "value_range",
+        "num_classes",
+        "provenance",
+    }
     unknown = sorted(set(d) - known)
     if unknown:
         raise cfg_error(unknown[0], f"unknown key; expected some of {sorted(known)}")
     version = d.get("format_version", FORMAT_VERSION)
     if not is_int(version) or not 1 <= version <= FORMAT_VERSION:
-        raise cfg_error("format_version", f"{version!r} is not supported (this code reads "
-                         f"format_version {FORMAT_VERSION})")
+        raise cfg_error(
+            "format_version", f"{version!r} is not supported (this code reads format_version {FORMAT_VERSION})"
+        )
     parametrization = d.get("parametrization", "entropy_matching")
     if parametrization not in PARAMETRIZATIONS:
         raise cfg_error("parametrization", f"{parametrization!r} is not one of {PARAMETRIZATIONS}")
@@ -115,8 +124,11 @@ def _config_from_dict(d: Mapping[str, Any]) -> CheckpointConfig:
         raise cfg_error("provenance", f"is longer than {MAX_PROVENANCE_CHARS} characters")
     process = d.get("process")
     if not isinstance(process, Mapping) or "kind" not in process:
-        raise cfg_error("process", "must be a process spec object with 'kind' (e.g. "
-                         '{"kind": "vp", "beta_min": 0.1, "beta_max": 16, "kappa": 1})')
+        raise cfg_error(
+            "process",
+            "must be a process spec object with 'kind' (e.g. "
+            '{"kind": "vp", "beta_min": 0.1, "beta_max": 16, "kappa": 1})',
+        )
     try:
         process_spec = process_from_spec(dict(process)).spec()
     except ValueError as exc:
@@ -130,14 +142,24 @@ def _config_from_dict(d: Mapping[str, Any]) -> CheckpointConfig:
         net_cfg = network_api().network_config_from_dict(typed)
     except (ValueError, TypeError, KeyError) as exc:
         raise cfg_error("network", str(exc)) from None
-    if (network.get("arch") == "mlp" and getattr(net_cfg, "event_shape", 0) is None
-            and len(event_shape) > 1 and math.prod(event_shape) == net_cfg.dim):
+    if (
+        network.get("arch") == "mlp"
+        and getattr(net_cfg, "event_shape", 0) is None
+        and len(event_shape) > 1
+        and math.prod(event_shape) == net_cfg.dim
+    ):
         net_cfg = dataclasses.replace(net_cfg, event_shape=event_shape)  # an MLP on images
     num_classes = _check_network_fits(net_cfg, event_shape, num_classes)
     return CheckpointConfig(
-        network=net_cfg.to_dict(), process=process_spec, event_shape=event_shape,
-        parametrization=parametrization, value_range=value_range, num_classes=num_classes,
-        provenance=dict(provenance), format_version=FORMAT_VERSION)
+        network=net_cfg.to_dict(),
+        process=process_spec,
+        event_shape=event_shape,
+        parametrization=parametrization,
+        value_range=value_range,
+        num_classes=num_classes,
+        provenance=dict(provenance),
+        format_version=FORMAT_VERSION,
+    )
 
 
 def _strict_json(key: str, value: Any) -> str:
@@ -163,11 +185,12 @@ def _typed_network(network: Mapping[str, Any]) -> dict[str, Any]:
         kind = kind.removesuffix("|None")
         if value is None and optional:
             continue
-        ok = {"int": is_int, "bool": lambda v: isinstance(v, bool),
-              "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-              and math.isfinite(v),
-              "tuple[int,...]": lambda v: isinstance(v, list | tuple) and all(map(is_int, v)),
-              }.get(kind, lambda v: True)(value)
+        ok = {
+            "int": is_int,
+            "bool": lambda v: isinstance(v, bool),
+            "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+            "tuple[int,...]": lambda v: isinstance(v, list | tuple) and all(map(is_int, v)),
+        }.get(kind, lambda v: True)(value)
         if not ok:
             raise cfg_error(f"network.{f.name}", f"must be {f.type}, got {value!r}")
         if kind == "float":
@@ -178,33 +201,33 @@ def _typed_network(network: Mapping[str, Any]) -> dict[str, Any]:
 def _event_shape(v: Any) -> tuple[int, ...]:
     ok = isinstance(v, list | tuple) and 1 <= len(v) <= 4
     if not (ok and all(is_int(x) and x >= 1 for x in v)):
-        raise cfg_error("event_shape", "must be a list of 1 to 4 positive integers such as [2] "
-                         f"or [1, 8, 8], got {v!r}")
+        raise cfg_error(
+            "event_shape", f"must be a list of 1 to 4 positive integers such as [2] or [1, 8, 8], got {v!r}"
+        )
     return tuple(v)
 
 
 def _value_range(v: Any) -> tuple[float, float] | None:
     if v is None:
         return None
-    ok = isinstance(v, list | tuple) and len(v) == 2 and all(
-        isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+    ok = (
+        isinstance(v, list | tuple)
+        and len(v) == 2
+        and all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+    )
     if not ok or not v[0] < v[1]:
         raise cfg_error("value_range", f"must be [lo, hi] with finite lo < hi, or null, got {v!r}")
     return (float(v[0]), float(v[1]))
 
 
-def _check_network_fits(
-    net_cfg: Any, event_shape: tuple[int, ...], num_classes: int | None
-) -> int | None:
+def _check_network_fits(net_cfg: Any, event_shape: tuple[int, ...], num_classes: int | None) -> int | None:
     """The network must take data of `event_shape`; class counts must agree. Returns num_classes."""
     expected = network_event_shape(net_cfg)
     if expected is not None and expected != event_shape:
-        raise cfg_error("event_shape", f"{list(event_shape)} does not fit the network, which "
-                         f"takes {list(expected)}")
+        raise cfg_error("event_shape", f"{list(event_shape)} does not fit the network, which takes {list(expected)}")
     net_classes = getattr(net_cfg, "num_classes", None)
     if net_classes is not None and num_classes is not None and net_classes != num_classes:
-        raise cfg_error("num_classes", f"{num_classes} but the network is conditioned on "
-                         f"{net_classes} classes")
+        raise cfg_error("num_classes", f"{num_classes} but the network is conditioned on {net_classes} classes")
     return num_classes if num_classes is not None else net_classes
 
 
@@ -218,9 +241,7 @@ def network_event_shape(net_cfg: Any) -> tuple[int, ...] | None:
 _MERGED_OBJECTS = {"network": "arch", "process": "kind", "provenance": None}
 
 
-def merge_config(
-    base: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None
-) -> dict[str, Any]:
+def merge_config(base: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """The file's metadata config with an upload's `config` fields filled in or overriding.
 
     Top-level keys of `overrides` replace those of `base`. For "network" and "process" the objects
@@ -231,8 +252,7 @@ def merge_config(
     if overrides is None:
         return merged
     if not isinstance(overrides, Mapping):
-        raise CheckpointError("the config field must be a JSON object", code="bad_config",
-                              field="config")
+        raise CheckpointError("the config field must be a JSON object", code="bad_config", field="config")
     for key, value in overrides.items():
         old = merged.get(key)
         if key in _MERGED_OBJECTS and isinstance(value, Mapping) and isinstance(old, Mapping):
@@ -241,5 +261,3 @@ def merge_config(
                 value = {**old, **value}
         merged[key] = value
     return merged
-
-

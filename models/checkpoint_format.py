@@ -26,9 +26,15 @@ MAX_TENSORS = 100_000
 
 # safetensors dtype code -> (torch dtype, bytes per element); other codes are refused.
 DTYPES: dict[str, tuple[torch.dtype, int]] = {
-    "BOOL": (torch.bool, 1), "U8": (torch.uint8, 1), "I8": (torch.int8, 1),
-    "I16": (torch.int16, 2), "I32": (torch.int32, 4), "I64": (torch.int64, 8),
-    "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2), "F32": (torch.float32, 4),
+    "BOOL": (torch.bool, 1),
+    "U8": (torch.uint8, 1),
+    "I8": (torch.int8, 1),
+    "I16": (torch.int16, 2),
+    "I32": (torch.int32, 4),
+    "I64": (torch.int64, 8),
+    "F16": (torch.float16, 2),
+    "BF16": (torch.bfloat16, 2),
+    "F32": (torch.float32, 4),
     "F64": (torch.float64, 8),
 }
 DTYPE_CODES: dict[torch.dtype, str] = {dt: code for code, (dt, _) in DTYPES.items()}
@@ -44,8 +50,9 @@ class CheckpointError(ValueError):
     [{"name", "problem", "expected", "found"}].
     """
 
-    def __init__(self, message: str, *, code: str = "invalid", field: str = "file",
-                 offending: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str = "invalid", field: str = "file", offending: list[dict[str, Any]] | None = None
+    ) -> None:
         super().__init__(message)
         self.code, self.field, self.offending = code, field, offending or []
 
@@ -87,11 +94,11 @@ def _foreign(message: str) -> NotSafetensors:
 def sniff_foreign_format(data: bytes) -> None:
     """NotSafetensors when the bytes start like a pickle, a zip, a .npy or a gzip stream."""
     if data[:1] == b"\x80":
-        raise _foreign("the file is a Python pickle (e.g. a legacy torch.save file); pickles are "
-                       f"never loaded — {_DOCS}")
+        raise _foreign(
+            f"the file is a Python pickle (e.g. a legacy torch.save file); pickles are never loaded — {_DOCS}"
+        )
     if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        raise _foreign("the file is a zip archive (torch.save's format, or TorchScript); it is "
-                       f"never loaded — {_DOCS}")
+        raise _foreign(f"the file is a zip archive (torch.save's format, or TorchScript); it is never loaded — {_DOCS}")
     if data[:6] == b"\x93NUMPY":
         raise _foreign("the file is a NumPy .npy array, not a safetensors checkpoint")
     if data[:2] == b"\x1f\x8b":
@@ -107,8 +114,7 @@ def parse_header(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Safetensors
     and trailing bytes.
     """
     if len(data) > max_bytes:
-        raise CheckpointTooLarge(f"the file has {len(data)} bytes; the limit is {max_bytes} bytes",
-                                 code="too_large")
+        raise CheckpointTooLarge(f"the file has {len(data)} bytes; the limit is {max_bytes} bytes", code="too_large")
     sniff_foreign_format(data)
     if len(data) < 8:
         raise bad_header(f"the file is too short ({len(data)} bytes) to be a safetensors file")
@@ -116,17 +122,20 @@ def parse_header(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Safetensors
     if n == 0 or n > MAX_HEADER_BYTES:
         raise bad_header(f"the header length {n} is not plausible (1 .. {MAX_HEADER_BYTES} bytes)")
     if 8 + n > len(data):
-        raise bad_header(f"the header claims {n} bytes but the file has only {len(data) - 8} after "
-                         "the length prefix (truncated, or not a safetensors file)")
+        raise bad_header(
+            f"the header claims {n} bytes but the file has only {len(data) - 8} after "
+            "the length prefix (truncated, or not a safetensors file)"
+        )
     try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise bad_header(f"the header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
         raise bad_header("the header must be a JSON object")
     metadata = header.pop("__metadata__", None)
-    if metadata is not None and not (isinstance(metadata, dict) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
         raise bad_header("__metadata__ must be an object mapping strings to strings")
     if len(header) > MAX_TENSORS:
         raise bad_header(f"the header lists {len(header)} tensors; at most {MAX_TENSORS} allowed")
@@ -136,16 +145,18 @@ def parse_header(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Safetensors
     for e in sorted(entries, key=lambda e: (e.begin, e.end)):
         if e.begin != position:
             what = "overlaps the previous tensor" if e.begin < position else "leaves a gap"
-            raise bad_header(f"tensor {e.name!r}: data_offsets [{e.begin}, {e.end}] {what} "
-                             f"(expected it to start at byte {position})")
+            raise bad_header(
+                f"tensor {e.name!r}: data_offsets [{e.begin}, {e.end}] {what} (expected it to start at byte {position})"
+            )
         if e.end > data_len:
-            raise bad_header(f"tensor {e.name!r}: data_offsets [{e.begin}, {e.end}] point past the "
-                             f"end of the data ({data_len} bytes; the file is truncated or the "
-                             "header lies)")
+            raise bad_header(
+                f"tensor {e.name!r}: data_offsets [{e.begin}, {e.end}] point past the "
+                f"end of the data ({data_len} bytes; the file is truncated or the "
+                "header lies)"
+            )
         position = e.end
     if position != data_len:
-        raise bad_header(f"the tensors cover {position} bytes but the data section has {data_len} "
-                         "(trailing bytes)")
+        raise bad_header(f"the tensors cover {position} bytes but the data section has {data_len} (trailing bytes)")
     return SafetensorsHeader(tuple(entries), metadata, 8 + n)
 
 
@@ -156,19 +167,21 @@ def _entry(name: str, info: Any) -> TensorEntry:
         raise bad_header(f"tensor {name!r}: an entry needs exactly dtype, shape and data_offsets")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if dtype not in DTYPES:
-        raise bad_header(f"tensor {name!r}: dtype {dtype!r} is not supported; "
-                         f"use one of {sorted(DTYPES)}")
+        raise bad_header(f"tensor {name!r}: dtype {dtype!r} is not supported; use one of {sorted(DTYPES)}")
     if not (isinstance(shape, list) and all(is_int(d) and d >= 0 for d in shape)):
-        raise bad_header(f"tensor {name!r}: shape must be a list of non-negative integers, "
-                         f"got {shape!r}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) for o in offsets)
-            and 0 <= offsets[0] <= offsets[1]):
-        raise bad_header(f"tensor {name!r}: data_offsets must be [begin, end] with "
-                         f"0 <= begin <= end, got {offsets!r}")
+        raise bad_header(f"tensor {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(is_int(o) for o in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    ):
+        raise bad_header(f"tensor {name!r}: data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r}")
     span, expected = offsets[1] - offsets[0], math.prod(shape) * DTYPES[dtype][1]
     if span != expected:
-        raise bad_header(f"tensor {name!r}: shape {shape} of {dtype} needs {expected} bytes but "
-                         f"data_offsets span {span}")
+        raise bad_header(
+            f"tensor {name!r}: shape {shape} of {dtype} needs {expected} bytes but data_offsets span {span}"
+        )
     return TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])
 
 

@@ -62,10 +62,22 @@ METADATA_KEY = "neural_entropy"
 MAX_LISTED = 10  # offending tensors listed in an architecture-mismatch error
 
 __all__ = [
-    "DEFAULT_MAX_BYTES", "FORMAT_VERSION", "METADATA_KEY", "PARAMETRIZATIONS", "CheckpointConfig",
-    "CheckpointError", "CheckpointTooLarge", "NotSafetensors", "SafetensorsHeader",
-    "check_against_architecture", "load_model", "merge_config", "metadata_config", "parse_header",
-    "read_checkpoint", "write_checkpoint",
+    "DEFAULT_MAX_BYTES",
+    "FORMAT_VERSION",
+    "METADATA_KEY",
+    "PARAMETRIZATIONS",
+    "CheckpointConfig",
+    "CheckpointError",
+    "CheckpointTooLarge",
+    "NotSafetensors",
+    "SafetensorsHeader",
+    "check_against_architecture",
+    "load_model",
+    "merge_config",
+    "metadata_config",
+    "parse_header",
+    "read_checkpoint",
+    "write_checkpoint",
 ]
 
 
@@ -82,8 +94,9 @@ def _state_dict_of(network_or_state_dict: StateSource) -> dict[str, torch.Tensor
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
-def write_checkpoint(network_or_state_dict: StateSource,
-                     config: CheckpointConfig | Mapping[str, Any], *, check: bool = True) -> bytes:
+def write_checkpoint(
+    network_or_state_dict: StateSource, config: CheckpointConfig | Mapping[str, Any], *, check: bool = True
+) -> bytes:
     """The checkpoint file's bytes: the weights with `config` as JSON metadata.
 
     Deterministic: equal weights and config give equal bytes. With `check` (default) the weights
@@ -104,16 +117,19 @@ def metadata_config(header: SafetensorsHeader) -> dict[str, Any] | None:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"the metadata key {METADATA_KEY!r} is not valid JSON: {exc}",
-                              code="bad_metadata") from None
+        raise CheckpointError(
+            f"the metadata key {METADATA_KEY!r} is not valid JSON: {exc}", code="bad_metadata"
+        ) from None
     if not isinstance(value, dict):
-        raise CheckpointError(f"the metadata key {METADATA_KEY!r} must hold a JSON object",
-                              code="bad_metadata")
+        raise CheckpointError(f"the metadata key {METADATA_KEY!r} must hold a JSON object", code="bad_metadata")
     return value
 
 
 def read_checkpoint(
-    data: bytes, max_bytes: int = DEFAULT_MAX_BYTES, *, overrides: Mapping[str, Any] | None = None,
+    data: bytes,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    *,
+    overrides: Mapping[str, Any] | None = None,
     check_architecture: bool = True,
 ) -> tuple[CheckpointConfig, dict[str, torch.Tensor]]:
     """Validate a checkpoint file and return its config and tensors (CPU). Never unpickles.
@@ -128,7 +144,8 @@ def read_checkpoint(
         raise CheckpointError(
             f"the file has no {METADATA_KEY!r} metadata with the model config; add it when writing "
             "the file (docs/checkpoints.md) or send the config in the 'config' field",
-            code="bad_metadata")
+            code="bad_metadata",
+        )
     config = CheckpointConfig.from_dict(merge_config(base, overrides))
     try:
         tensors = _st_load(bytes(data))
@@ -136,8 +153,7 @@ def read_checkpoint(
         raise bad_header(f"the safetensors library refused the file: {exc}") from None
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"tensor {name!r} contains NaN or infinite values",
-                                  code="bad_values")
+            raise CheckpointError(f"tensor {name!r} contains NaN or infinite values", code="bad_values")
     if check_architecture:
         check_against_architecture(config, tensors)
     return config, tensors
@@ -160,9 +176,7 @@ def _expected_for(network_json: str) -> tuple[tuple[str, tuple[tuple[int, ...], 
     return tuple((k, (tuple(v.shape), v.dtype)) for k, v in net.state_dict().items())
 
 
-def check_against_architecture(
-    config: CheckpointConfig, tensors: Mapping[str, torch.Tensor]
-) -> None:
+def check_against_architecture(config: CheckpointConfig, tensors: Mapping[str, torch.Tensor]) -> None:
     """CheckpointError (code "architecture_mismatch") listing the first offending tensors."""
     try:
         expected = expected_tensors(config)
@@ -171,30 +185,41 @@ def check_against_architecture(
     problems: list[dict[str, Any]] = []
     for name in sorted(expected.keys() - tensors.keys()):
         shape, dtype = expected[name]
-        problems.append({"name": name, "problem": "missing",
-                         "expected": _describe(shape, dtype), "found": None})
+        problems.append({"name": name, "problem": "missing", "expected": _describe(shape, dtype), "found": None})
     for name in sorted(tensors.keys() - expected.keys()):
-        problems.append({"name": name, "problem": "unexpected", "expected": None,
-                         "found": _describe(tuple(tensors[name].shape), tensors[name].dtype)})
+        problems.append(
+            {
+                "name": name,
+                "problem": "unexpected",
+                "expected": None,
+                "found": _describe(tuple(tensors[name].shape), tensors[name].dtype),
+            }
+        )
     for name in sorted(expected.keys() & tensors.keys()):
         shape, dtype = expected[name]
         t = tensors[name]
         if tuple(t.shape) != shape or t.dtype != dtype:
             problem = "wrong shape" if tuple(t.shape) != shape else "wrong dtype"
-            problems.append({"name": name, "problem": problem, "expected": _describe(shape, dtype),
-                             "found": _describe(tuple(t.shape), t.dtype)})
+            problems.append(
+                {
+                    "name": name,
+                    "problem": problem,
+                    "expected": _describe(shape, dtype),
+                    "found": _describe(tuple(t.shape), t.dtype),
+                }
+            )
     if problems:
         listed = "; ".join(_problem_text(p) for p in problems[:MAX_LISTED])
         more = f" and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         raise CheckpointError(
-            f"the tensors do not match the {config.network.get('arch')} architecture in the "
-            f"config: {listed}{more}",
-            code="architecture_mismatch", offending=problems[:MAX_LISTED])
+            f"the tensors do not match the {config.network.get('arch')} architecture in the config: {listed}{more}",
+            code="architecture_mismatch",
+            offending=problems[:MAX_LISTED],
+        )
 
 
 def _problem_text(p: dict[str, Any]) -> str:
-    parts = [f"expected {p['expected']}" if p["expected"] else "",
-             f"found {p['found']}" if p["found"] else ""]
+    parts = [f"expected {p['expected']}" if p["expected"] else "", f"found {p['found']}" if p["found"] else ""]
     detail = ", ".join(x for x in parts if x)
     return f"{p['name']}: {p['problem']} ({detail})"
 
@@ -205,7 +230,9 @@ def _describe(shape: tuple[int, ...], dtype: torch.dtype) -> str:
 
 def load_model(
     source: bytes | tuple[CheckpointConfig, Mapping[str, torch.Tensor]],
-    device: torch.device | str = "cpu", *, max_bytes: int = DEFAULT_MAX_BYTES,
+    device: torch.device | str = "cpu",
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> EntropyMatchingModel:
     """An `EntropyMatchingModel` (eval mode, on `device`) from file bytes or (config, tensors)."""
     from models.parametrization import EntropyMatchingModel
@@ -217,8 +244,7 @@ def load_model(
         check_against_architecture(config, given)
         tensors = {k: v.detach().clone() for k, v in given.items()}  # the model owns its weights
     network = _network_with(config, tensors)
-    model = EntropyMatchingModel(network, config.build_process(),
-                                 config.parametrization)  # type: ignore[arg-type]
+    model = EntropyMatchingModel(network, config.build_process(), config.parametrization)  # type: ignore[arg-type]
     return model.to(device).eval()
 
 

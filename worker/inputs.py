@@ -1,0 +1,142 @@
+"""Loading a job's inputs: dataset blobs (canonical .npz) and checkpoints from the artifact store.
+
+Blobs are read with `allow_pickle=False` and checkpoints through `models.checkpoint_io`
+(safetensors, never unpickled), so even a tampered artifact store cannot make the worker run code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy.orm import Session
+
+from app.artifacts import ArtifactNotFound, get_artifact_store
+from app.tables import Checkpoint, Dataset
+from models.data import DataSet, GaussianMixture
+
+DEFAULT_TEST_FRACTION = 0.2  # when a dataset row records no split (MATH.md: held-out by default)
+
+
+class JobInputError(ValueError):
+    """A job's input is missing or unusable; the message is shown to the user."""
+
+
+def read_artifact(sha256: str, what: str) -> bytes:
+    """The blob's bytes, or JobInputError naming what was missing."""
+    try:
+        return get_artifact_store().read_bytes(sha256)
+    except ArtifactNotFound:
+        raise JobInputError(
+            f"the {what} file ({sha256[:12]}...) is missing from the artifact store"
+        ) from None
+
+
+@dataclass(frozen=True)
+class LoadedDataset:
+    """A dataset row's data: all samples, the deterministic split, the mixture if known."""
+
+    dataset_id: str
+    sha256: str
+    data: DataSet
+    train: DataSet
+    test: DataSet
+    mixture: GaussianMixture | None
+    split: dict[str, Any]
+    eight_bit_range: tuple[float, float] | None = None  # scaled range of 8-bit source data
+
+
+    def part(self, name: str) -> DataSet:
+        """The `train` or `test` part ("test" falls back to all data when the split left none)."""
+        if name == "train":
+            return self.train
+        if name == "test":
+            return self.test if len(self.test) > 0 else self.data
+        if name == "all":
+            return self.data
+        raise JobInputError(f"unknown split {name!r}; expected 'test', 'train' or 'all'")
+
+
+def dataset_from_npz(blob: bytes, row: Dataset) -> DataSet:
+    """The canonical blob (`x` float32 (N, ...) scaled, optional int64 `labels`) as a DataSet."""
+    import io
+
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+            x = np.asarray(npz["x"], dtype=np.float32)
+            labels = np.asarray(npz["labels"], dtype=np.int64) if "labels" in npz.files else None
+    except (KeyError, ValueError, OSError) as exc:
+        raise JobInputError(f"dataset {row.id} could not be read: {exc}") from None
+    value_range = tuple(float(v) for v in row.value_range) if row.value_range else None
+    return DataSet(
+        x=torch.from_numpy(np.ascontiguousarray(x)),
+        labels=None if labels is None else torch.from_numpy(labels),
+        value_range=value_range,  # type: ignore[arg-type]
+        num_label_values=row.num_classes,
+    )
+
+
+def load_dataset(session: Session, dataset_id: str | None) -> LoadedDataset:
+    """Load a dataset row and its blob; split it as the row records (`test_fraction`, `seed`)."""
+    if not dataset_id:
+        raise JobInputError("the job names no dataset")
+    row = session.get(Dataset, dataset_id)
+    if row is None:
+        raise JobInputError(f"dataset {dataset_id} no longer exists")
+    data = dataset_from_npz(read_artifact(row.sha256, "dataset"), row)
+    split = dict(row.split or {})
+    test_fraction = float(split.get("test_fraction", DEFAULT_TEST_FRACTION))
+    train, test = data.split(test_fraction, int(split.get("seed", 0)))
+    mixture = None
+    if row.mixture:
+        mixture = GaussianMixture(row.mixture["weights"], row.mixture["means"], row.mixture["stds"])
+    return LoadedDataset(row.id, row.sha256, data, train, test, mixture, split,
+                         eight_bit_range=_eight_bit_range(row))
+
+
+def _eight_bit_range(row: Dataset) -> tuple[float, float] | None:
+    """The scaled value range of image data that came as 8-bit levels (for bits/dim offsets)."""
+    scaling = row.scaling or {}
+    source = scaling.get("value_range_in")
+    eight_bit = row.source_dtype == "uint8" or (
+        source is not None and [float(v) for v in source] == [0.0, 255.0])
+    if not (row.is_image and eight_bit and row.value_range):
+        return None
+    return (float(row.value_range[0]), float(row.value_range[1]))
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    checkpoint_id: str
+    sha256: str
+    config: Any  # models.checkpoint_io.CheckpointConfig
+    model: Any  # models.parametrization.EntropyMatchingModel, eval mode on `device`
+    epoch: int | None
+
+
+def load_checkpoint(session: Session, checkpoint_id: str | None, device: str) -> LoadedCheckpoint:
+    """Read, validate and build the checkpoint's EntropyMatchingModel on `device`."""
+    from models.checkpoint_io import load_model, read_checkpoint
+
+    if not checkpoint_id:
+        raise JobInputError("the job names no checkpoint")
+    row = session.get(Checkpoint, checkpoint_id)
+    if row is None:
+        raise JobInputError(f"checkpoint {checkpoint_id} no longer exists")
+    blob = read_artifact(row.sha256, "checkpoint")
+    # the row's config is the validated, merged one (an upload's `config` may override the file)
+    config, tensors = read_checkpoint(blob, max_bytes=max(len(blob), 1),
+                                      overrides=row.config or None)
+    model = load_model((config, tensors), device=device)
+    return LoadedCheckpoint(row.id, row.sha256, config, model, row.epoch)
+
+
+def check_fits(event_shape: tuple[int, ...], data: DataSet) -> None:
+    """JobInputError when the data's sample shape differs from what the network takes."""
+    if tuple(event_shape) != tuple(data.event_shape):
+        raise JobInputError(
+            f"the dataset's samples have shape {list(data.event_shape)} but the network takes "
+            f"{list(event_shape)}"
+        )
