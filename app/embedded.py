@@ -80,22 +80,25 @@ def spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
                             stdin=subprocess.DEVNULL)
 
 
-def stop_process(proc: subprocess.Popen[bytes] | None, name: str,
-                 timeout: float = STOP_TIMEOUT_SECONDS) -> None:
-    """SIGTERM, then SIGKILL to its whole process group after `timeout` s."""
-    if proc is None:
-        return
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
+def stop_processes(procs: list[tuple[subprocess.Popen[bytes] | None, str]],
+                   timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+    """SIGTERM to every process at once, then SIGKILL to each process group still there after
+    `timeout` s: stopping takes the slowest child's time, not the sum."""
+    running = [(proc, name) for proc, name in procs if proc is not None]
+    for proc, _ in running:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc, name in running:
         try:
-            proc.wait(timeout)
+            proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             say(f"{name} did not stop in {timeout:.0f} s; killing it")
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # anything left in its group
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # anything left in its group
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
 
 
 def wait_ready(url: str, api: subprocess.Popen[bytes], timeout: float) -> bool:
@@ -161,8 +164,7 @@ def main() -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        stop_process(api, "API")
-        stop_process(worker, "worker")
+        stop_processes([(api, "API"), (worker, "worker")])
         if redis is not None:
             redis.stop()
         say("stopped")

@@ -139,20 +139,20 @@ def array_dataset(
     arr = _to_numeric_array(x, "data")
     if arr.size == 0:
         raise DataError(f"data is empty (shape {arr.shape})")
-    layout = _infer_layout(arr) if layout == "auto" else layout
-    expected_rank = {"vector": 2, "nchw": 4, "nhwc": 4, "nhw": 3}.get(layout)
+    shape_kind: str = _infer_layout(arr) if layout == "auto" else layout
+    expected_rank = {"vector": 2, "nchw": 4, "nhwc": 4, "nhw": 3}.get(shape_kind)
     if expected_rank is None:
-        raise DataError(f"unknown layout {layout!r}; expected auto, vector, nchw, nhwc or nhw")
+        raise DataError(f"unknown layout {shape_kind!r}; expected auto, vector, nchw, nhwc or nhw")
     if arr.ndim != expected_rank:
-        raise DataError(f"layout {layout!r} needs rank {expected_rank}, got shape {arr.shape}")
+        raise DataError(f"layout {shape_kind!r} needs rank {expected_rank}, got shape {arr.shape}")
     if not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).reshape(arr.shape[0], -1).any(axis=1).sum())
         raise DataError(f"data contains NaN or Inf values (in {bad} of {arr.shape[0]} samples)")
-    if layout == "nhwc":
+    if shape_kind == "nhwc":
         arr = np.transpose(arr, (0, 3, 1, 2))
-    elif layout == "nhw":
+    elif shape_kind == "nhw":
         arr = arr[:, None]
-    is_image = layout != "vector"
+    is_image = shape_kind != "vector"
     if value_range is not None:
         lo, hi = float(value_range[0]), float(value_range[1])
         if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):

@@ -30,21 +30,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.closed_forms import check_end, gaussian_terms, total_entropy_gaussian, total_entropy_mixture_exact
+from models.control_variates import KernelFeatures, PolynomialFeatures, Source, mixture_source, pool_source
 from models.data import GaussianMixture
-from models.montecarlo import (
-    Integrand,
-    KernelFeatures,
-    NodeEstimates,
-    NodeTimes,
-    PolynomialFeatures,
-    Source,
-    mixture_source,
-    pool_source,
-    stratified_mc,
-)
+from models.montecarlo import Integrand, NodeEstimates, stratified_mc
 from models.processes import ForwardProcess
-from models.quadrature import GRID_VARIABLES, TimeGrid, time_grid
+from models.quadrature import GRID_VARIABLES, NodeTimes, TimeGrid, time_grid
 from models.tensors import append_dims, squared_norm
+
+__all__ = [
+    "DensityBound", "EThetaFn", "EntropyCurve", "EntropyResult", "Estimate", "MeasurementConfig", "ScoreFn",
+    "data_entropy", "density_bound", "neural_entropy", "total_entropy_gaussian", "total_entropy_mixture",
+    "total_entropy_mixture_exact",
+]
 
 EThetaFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 ScoreFn = EThetaFn  # score_fn(y, s, labels) -> grad log p_s(y), same shape as y
@@ -392,63 +390,7 @@ def density_bound(
     return DensityBound(nats, Estimate(bpd.mean + offset, bpd.stderr), prior, offset, est.n_evaluations)
 
 
-# ---- closed forms and references ----
-def _gaussian_terms(process: ForwardProcess, s: float, mean: torch.Tensor, second: torch.Tensor) -> tuple[float, float]:
-    """(h of the Gaussian with the per-coordinate moments of y_s, E[-log p_eq(y_s)]) in nats;
-    the cross-entropy is 0 for a flat equilibrium (VE)."""
-    tt = torch.tensor([s], dtype=torch.float64)
-    mu2, var = float(process.mean_scale(tt) ** 2), float(process.variance(tt))
-    v = mu2 * (second - mean**2) + var
-    h = 0.5 * float(torch.log(2 * math.pi * math.e * v).sum())
-    k2 = process.equilibrium_variance()
-    if k2 is None:
-        return h, 0.0
-    ce = 0.5 * mean.numel() * math.log(2 * math.pi * k2) + float((mu2 * second + var).sum()) / (2 * k2)
-    return h, ce
-
-
-def _check_end(process: ForwardProcess, t: float | None, t_start: float) -> float:
-    t = process.t_max if t is None else float(t)
-    process.check_times(torch.tensor([t], dtype=torch.float64), name="T")
-    if not 0.0 <= t_start < t:
-        raise ValueError(f"need 0 <= t_start < T, got t_start={t_start}, T={t}")
-    return t
-
-
-def total_entropy_gaussian(
-    mean: Any, std: Any, process: ForwardProcess, t: float | None = None, *, t_start: float = 0.0
-) -> float:
-    """Closed-form S_tot from t_start to t for data N(mean, diag(std^2)) (MATH.md 3), nats:
-    KL(p_t0 || p_eq) - KL(p_t || p_eq), or h(p_t) - h(p_t0) for a flat equilibrium (VE)."""
-    m = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
-    h = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
-    if m.shape != h.shape or m.numel() == 0 or not bool((h > 0).all()):
-        raise ValueError("mean and std must be non-empty, of equal shape, with std > 0")
-    t = _check_end(process, t, t_start)
-    second = m**2 + h**2
-    h0, ce0 = _gaussian_terms(process, t_start, m, second)
-    h1, ce1 = _gaussian_terms(process, t, m, second)
-    return (h1 - h0) + (ce0 - ce1)
-
-
-def total_entropy_mixture_exact(
-    mixture: GaussianMixture,
-    process: ForwardProcess,
-    t: float | None = None,
-    *,
-    t_start: float = 0.0,
-    n_grid: int = 801,
-) -> float:
-    """Deterministic S_tot for a mixture in D <= 2: entropies by grid quadrature, cross-entropies
-    with the equilibrium in closed form (a reference for the Monte Carlo estimators), nats."""
-    t = _check_end(process, t, t_start)
-    mean, second = mixture.mean(), mixture.second_moment()
-    ce0 = _gaussian_terms(process, t_start, mean, second)[1]
-    ce1 = _gaussian_terms(process, t, mean, second)[1]
-    h0, h1 = mixture.entropy_at(t_start, process, n_grid), mixture.entropy_at(t, process, n_grid)
-    return (h1 - h0) + (ce0 - ce1)
-
-
+# ---- data entropy ----
 def data_entropy(
     neural: EntropyResult | Estimate, process: ForwardProcess, x0: torch.Tensor, *, t: float | None = None
 ) -> Estimate:
@@ -457,11 +399,11 @@ def data_entropy(
     total = neural.total if isinstance(neural, EntropyResult) else neural
     if isinstance(neural, EntropyResult):
         t = neural.t_end if t is None else t
-    t = _check_end(process, t, 0.0)
+    t = check_end(process, t, 0.0)
     x0, _ = _check_pool(x0, None)
     flat = x0.reshape(len(x0), -1).double()
     ce_pts = -process.equilibrium_log_prob(flat, torch.full((len(flat),), t, dtype=torch.float64))
     ce_se = float(ce_pts.std()) / math.sqrt(len(flat)) if len(flat) > 1 else 0.0
-    h_t, ce_t = _gaussian_terms(process, t, flat.mean(0), (flat * flat).mean(0))
+    h_t, ce_t = gaussian_terms(process, t, flat.mean(0), (flat * flat).mean(0))
     mean = float(ce_pts.mean()) - total.mean + (h_t - ce_t)
     return Estimate(mean, math.sqrt(total.stderr**2 + ce_se**2))

@@ -14,7 +14,8 @@ Panels are equally wide in v with `panel_order` Lobatto points each (exact for p
 degree 2 * panel_order - 3 per panel); consecutive panels share their end points, so the grid has
 n_panels * (panel_order - 1) + 1 points and includes t_start and t_end. Other variables:
 "sqrt_s" (v = sqrt(s)), "log_s" (v = ln s), "linear" (v = s); `trapezoid_grid` is the paper's
-uniform grid with the trapezoid rule, kept for comparison.
+uniform grid with the trapezoid rule, kept for comparison. `NodeTimes` holds the process's
+coefficients at the nodes for the Monte Carlo engine (`models.montecarlo`).
 """
 
 from __future__ import annotations
@@ -201,3 +202,35 @@ def grid_entropy(
         logp = log_prob(pts[i : i + chunk])
         total += float((wts[i : i + chunk] * torch.exp(logp) * logp).sum())
     return -total * cell
+
+
+@dataclass(frozen=True)
+class NodeTimes:
+    """Process coefficients at times s, float64 tensors of shape (B,) on the measuring device."""
+
+    s: torch.Tensor
+    mu: torch.Tensor  # mean scale mu(s)
+    std: torch.Tensor  # Sigma(s)
+    sigma2: torch.Tensor  # diffusion sigma(s)^2
+    drift: torch.Tensor  # a(s)
+    eq_precision: torch.Tensor  # 2 a / sigma^2; the equilibrium score is -eq_precision * y
+
+    @classmethod
+    def at(cls, process: ForwardProcess, s: np.ndarray, device: torch.device | str) -> NodeTimes:
+        st = torch.as_tensor(s, dtype=torch.float64)
+        process.check_times(st)
+        values = (
+            st,
+            process.mean_scale(st),
+            process.std(st),
+            process.diffusion_squared(st),
+            process.drift_rate(st),
+            process.equilibrium_precision(st),
+        )
+        return cls(*(v.to(device) for v in values))
+
+    def take(self, idx: torch.Tensor) -> NodeTimes:
+        return NodeTimes(*(getattr(self, k).index_select(0, idx) for k in self.__dataclass_fields__))
+
+    def twice(self) -> NodeTimes:
+        return NodeTimes(*(torch.cat([getattr(self, k)] * 2) for k in self.__dataclass_fields__))

@@ -2,7 +2,9 @@
 
 - Work horses are forked; right after the fork the horse drops the SQLAlchemy connections it
   inherited (`engine.dispose(close=False)`) so parent and child never share a socket. The parent
-  never initialises CUDA (see `worker.devices`), so the fork is safe.
+  never initialises CUDA (see `worker.devices`) and never runs a torch operation (it only
+  imports): a child forked after the parent used torch's CPU thread pool can deadlock in it
+  (seen here), and one forked after CUDA initialisation cannot use CUDA.
 - The reconciler (`worker.reconciler.reconcile`) runs at start-up and every
   RECONCILE_INTERVAL_SECONDS, both while idle (the blocking dequeue wakes up that often) and
   while a horse is working (from the parent's monitoring loop).

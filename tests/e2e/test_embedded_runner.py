@@ -53,7 +53,7 @@ def _stop_and_check_tree(proc, sig: int) -> None:
     assert len(tree) >= 3  # redis-server, worker, uvicorn
     proc.send_signal(sig)
     try:
-        assert proc.wait(30) == 0
+        assert proc.wait(60) == 0
     finally:
         stop(proc)
     assert wait_until(lambda: not any(alive(p) for p in tree), 10.0), \

@@ -212,3 +212,26 @@ def test_bad_inputs_raise_clear_errors() -> None:
         MeasurementConfig(grid="cubic")
     with pytest.raises(ValueError, match="unknown measurement settings"):
         MeasurementConfig.from_dict({"n_samples": 10, "speed": "fast"})
+
+
+@pytest.mark.parametrize("kind", ["rate", "bound"])
+def test_gaussian_fit_control_variate_means_are_exact_on_a_pool(kind: str) -> None:
+    from models.control_variates import pool_source
+    from models.estimators import _BoundIntegrand, _RateIntegrand
+    from models.quadrature import NodeTimes
+
+    pool = torch.randn(300, 1, 3, 2, dtype=torch.float64) * torch.tensor([0.2, 1.0]) + 0.5
+    source = pool_source(pool, None, "cpu")
+    cls = _RateIntegrand if kind == "rate" else _BoundIntegrand
+    integrand = cls(lambda y, s, lab: torch.zeros_like(y), source, 0, "cpu")
+    process = SL(sigma0=0.5)
+    times = NodeTimes.at(process, np.array([1e-3, 0.3, 0.9]), "cpu")
+    known = integrand.feature_means(times)
+    gen = torch.Generator().manual_seed(0)
+    n = 100000
+    for i in range(3):
+        t = times.take(torch.full((n,), i, dtype=torch.long))
+        x0, _ = source.draw(n, gen)
+        _, feats = integrand(x0, None, torch.randn(x0.shape, generator=gen, dtype=torch.float64), t)
+        se = feats.std(0) / math.sqrt(n)
+        assert torch.all((feats.mean(0) - known[i]).abs() <= 5 * se + 1e-9 * known[i].abs()), i

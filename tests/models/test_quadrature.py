@@ -102,11 +102,13 @@ def test_grid_entropy_of_a_gaussian(dim: int) -> None:
 
 
 # ---- the Monte Carlo engine's control variates: their "known" means must be exact ----
-@pytest.mark.parametrize("dim", [2, 3, 7, 20])
-@pytest.mark.parametrize("source_kind", ["pool", "mixture"])
+@pytest.mark.parametrize(
+    ("source_kind", "dim"), [("pool", 2), ("mixture", 2), ("mixture", 3), ("pool", 7), ("mixture", 20)]
+)
 def test_control_variate_means_are_exact(dim: int, source_kind: str) -> None:
+    from models.control_variates import KernelFeatures, PolynomialFeatures, mixture_source, pool_source
     from models.data import GaussianMixture
-    from models.montecarlo import KernelFeatures, NodeTimes, PolynomialFeatures, mixture_source, pool_source
+    from models.quadrature import NodeTimes
 
     mixture = GaussianMixture.paper(n_components=3, dim=dim, seed=dim)
     if source_kind == "pool":
@@ -119,7 +121,7 @@ def test_control_variate_means_are_exact(dim: int, source_kind: str) -> None:
     times = NodeTimes.at(process, np.array([1e-3, 0.1, 0.4]), "cpu")
     poly, kernel = PolynomialFeatures(source), KernelFeatures(source, seed=0, device="cpu")
     gen = torch.Generator().manual_seed(1)
-    n = 200000
+    n = 40000
     for i in range(3):
         t = times.take(torch.full((n,), i, dtype=torch.long))
         x0, _ = source.draw(n, gen)

@@ -95,3 +95,22 @@ def test_timeouts_name_the_limit() -> None:
 
     text = readable_error(JobTimeoutException("Task exceeded maximum timeout value (5 seconds)"))
     assert "time limit" in text and "JOB_TIMEOUT_SECONDS" in text
+
+
+def test_worker_healthcheck_needs_a_live_worker_of_this_host(bundled_redis, bundled_redis_url,
+                                                             monkeypatch) -> None:
+    from worker import healthcheck
+    from worker.service_worker import ServiceWorker
+
+    monkeypatch.setenv("REDIS_URL", bundled_redis_url)
+    get_settings.cache_clear()
+    try:
+        assert healthcheck.main() == 1  # nobody registered
+        w = ServiceWorker(["cpu"], connection=redis_connection(bundled_redis_url), name="hc")
+        w.register_birth()
+        w.heartbeat()
+        assert healthcheck.main() == 0
+        w.register_death()
+        assert healthcheck.main() == 1
+    finally:
+        get_settings.cache_clear()
