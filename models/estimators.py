@@ -33,7 +33,7 @@ import torch
 from models.closed_forms import check_end, gaussian_terms, total_entropy_gaussian, total_entropy_mixture_exact
 from models.control_variates import KernelFeatures, PolynomialFeatures, Source, mixture_source, pool_source
 from models.data import GaussianMixture
-from models.montecarlo import Integrand, NodeEstimates, stratified_mc
+from models.montecarlo import MIN_PER_NODE, Integrand, NodeEstimates, stratified_mc
 from models.processes import ForwardProcess
 from models.quadrature import GRID_VARIABLES, NodeTimes, TimeGrid, time_grid
 from models.tensors import append_dims, squared_norm
@@ -88,12 +88,32 @@ class MeasurementConfig:
     def __post_init__(self) -> None:
         if self.n_times < 2 or self.n_samples < 1 or self.batch_size < 2:
             raise ValueError("n_times >= 2, n_samples >= 1 and batch_size >= 2 are required")
+        if self.panel_order < 2:
+            raise ValueError(f"panel_order must be >= 2, got {self.panel_order}")
+        if self.n_times < self.panel_order:
+            raise ValueError(f"n_times must be >= panel_order = {self.panel_order}, got {self.n_times}")
+        if self.n_samples < self.min_evaluations:
+            raise ValueError(
+                f"n_samples = {self.n_samples} is too small for {self.n_grid_points} time points: "
+                f"need at least {self.min_evaluations} network evaluations"
+            )
         if self.grid not in GRID_VARIABLES:
             raise ValueError(f"grid must be one of {GRID_VARIABLES}, got {self.grid!r}")
         if not 0.0 < self.pilot_fraction <= 1.0:
             raise ValueError(f"pilot_fraction must lie in (0, 1], got {self.pilot_fraction}")
         if self.target_rel_stderr is not None and not self.target_rel_stderr > 0:
             raise ValueError(f"target_rel_stderr must be > 0, got {self.target_rel_stderr}")
+
+    @property
+    def n_grid_points(self) -> int:
+        """Nodes of the time grid: n_panels * (panel_order - 1) + 1, the least that is >= n_times."""
+        n_panels = max(1, math.ceil((self.n_times - 1) / (self.panel_order - 1)))
+        return n_panels * (self.panel_order - 1) + 1
+
+    @property
+    def min_evaluations(self) -> int:
+        """The smallest budget n_samples that gives every grid node its pilot throws."""
+        return MIN_PER_NODE * self.n_grid_points * (2 if self.antithetic else 1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

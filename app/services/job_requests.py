@@ -13,7 +13,6 @@ touched (configs are checked as dataclasses; no network is built).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -30,23 +29,16 @@ from app.schemas.jobs import (
 from app.services.datasets import get_owned as get_dataset
 from app.settings import Settings
 from app.tables import Checkpoint, Dataset, Owner
+from models.estimators import MeasurementConfig
 from models.processes import ForwardProcess, process_from_spec
 
-FALLBACK_N_SAMPLES = 4096  # used only if models.estimators.MeasurementConfig has no default
 NUM_STEPS_VECTORS = 10  # paper: 10 throws per point for low-dimensional data
 NUM_STEPS_IMAGES = 1  # paper: 1 for images
 
 
 def default_measurement_samples() -> int:
     """The estimator's own default `n_samples` (models.estimators.MeasurementConfig)."""
-    try:
-        from models.estimators import MeasurementConfig
-    except ImportError:
-        return FALLBACK_N_SAMPLES
-    for f in dataclasses.fields(MeasurementConfig):
-        if f.name == "n_samples" and isinstance(f.default, int):
-            return int(f.default)
-    return FALLBACK_N_SAMPLES
+    return MeasurementConfig().n_samples
 
 
 def build_process(spec: dict[str, Any], field: str = "process") -> ForwardProcess:
@@ -77,6 +69,11 @@ def resolve_measurement(spec: MeasurementSpec, process: ForwardProcess, dataset:
     if n_samples > settings.max_n_samples:
         raise over_limit("measurement.n_samples", n_samples, settings.max_n_samples,
                          "max_n_samples")
+    try:
+        MeasurementConfig(n_times=spec.n_times, n_samples=n_samples, seed=spec.seed)
+    except ValueError as exc:
+        field = "measurement.n_samples" if "n_samples" in str(exc) else "measurement.n_times"
+        raise unprocessable(str(exc), field) from None
     t_min = process.t_min if spec.t_min is None else spec.t_min
     t_max = process.t_max if spec.t_max is None else spec.t_max
     if not process.t_min <= t_min:

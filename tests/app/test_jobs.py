@@ -83,7 +83,7 @@ def test_explicit_settings_are_kept(api: TestClient, dataset: dict[str, Any]) ->
             "network": {"arch": "mlp", "width": 64, "hidden_widths": [32]},
             "training": {"epochs": 10, "milestones": [5, 2], "batch_size": 16, "lr": 1e-3,
                          "ema_decay": 0.99},
-            "measurement": {"n_times": 100, "n_samples": 1000, "seed": 4,
+            "measurement": {"n_times": 100, "n_samples": 4000, "seed": 4,
                             "density_bound": True, "t_max": 0.5},
             "queue": "cpu"}
     req = api.post("/v1/jobs", json=body).json()["request"]
@@ -108,6 +108,8 @@ BAD_TRAIN: list[tuple[dict[str, Any], str]] = [
     ({"process": {"kind": "sl", "kappa": 1.0}}, "process.kappa"),
     ({"measurement": {"t_max": 1.0}, "process": {"kind": "sl"}}, "measurement.t_max"),
     ({"measurement": {"n_times": 1}}, "measurement.n_times"),
+    ({"measurement": {"n_times": 3}}, "measurement.n_times"),  # fewer than a quadrature panel
+    ({"measurement": {"n_times": 64, "n_samples": 500}}, "measurement.n_samples"),  # < 16 per node
     ({"measurement": {"split": "validation"}}, "measurement.split"),
     ({"queue": "tpu"}, "queue"),
     ({"colour": "red"}, "colour"),

@@ -235,3 +235,14 @@ def test_gaussian_fit_control_variate_means_are_exact_on_a_pool(kind: str) -> No
         _, feats = integrand(x0, None, torch.randn(x0.shape, generator=gen, dtype=torch.float64), t)
         se = feats.std(0) / math.sqrt(n)
         assert torch.all((feats.mean(0) - known[i]).abs() <= 5 * se + 1e-9 * known[i].abs()), i
+
+
+def test_measurement_config_refuses_budgets_below_the_pilot_at_construction() -> None:
+    config = MeasurementConfig(n_times=64)
+    assert config.n_grid_points == 65  # 16 Lobatto panels of order 5
+    assert config.min_evaluations == 16 * 65
+    MeasurementConfig(n_times=64, n_samples=config.min_evaluations)  # the least budget is accepted
+    with pytest.raises(ValueError, match="need at least 1040"):
+        MeasurementConfig(n_times=64, n_samples=config.min_evaluations - 1)
+    with pytest.raises(ValueError, match="n_times must be >= panel_order"):
+        MeasurementConfig(n_times=3)
