@@ -105,6 +105,15 @@ def sniff_foreign_format(data: bytes) -> None:
         raise _foreign("the file is gzip-compressed; upload the .safetensors file itself")
 
 
+def _looks_like_safetensors(data: bytes) -> bool:
+    """A plausible length prefix followed by a JSON object: then a first byte 0x80 (one file in
+    256 has a header length ending in 0x80) is no sign of a pickle."""
+    if len(data) < 9 or data[8:9] != b"{":
+        return False
+    (n,) = struct.unpack("<Q", data[:8])
+    return 0 < n <= MAX_HEADER_BYTES and 8 + n <= len(data)
+
+
 def parse_header(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> SafetensorsHeader:
     """Parse and check a safetensors header without trusting it (no tensor bytes are read).
 
@@ -115,7 +124,8 @@ def parse_header(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Safetensors
     """
     if len(data) > max_bytes:
         raise CheckpointTooLarge(f"the file has {len(data)} bytes; the limit is {max_bytes} bytes", code="too_large")
-    sniff_foreign_format(data)
+    if not _looks_like_safetensors(data):
+        sniff_foreign_format(data)
     if len(data) < 8:
         raise bad_header(f"the file is too short ({len(data)} bytes) to be a safetensors file")
     (n,) = struct.unpack("<Q", data[:8])

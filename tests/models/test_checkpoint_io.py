@@ -470,3 +470,17 @@ def test_export_example_output_is_accepted_and_computes_the_plain_module(tmp_pat
     y, s = _points()
     with torch.no_grad():
         assert torch.allclose(model.e_theta(y, s), plain(y, s), atol=1e-5)
+
+
+def test_header_length_ending_in_byte_0x80_is_not_mistaken_for_a_pickle(good: bytes) -> None:
+    """The length prefix's first byte is 0x80 for one file in 256: still a valid safetensors file."""
+    header, data = split_file(good)
+    text = json.dumps(header).encode()
+    padded = text + b" " * ((0x80 - len(text)) % 256)  # safetensors pads headers with spaces too
+    assert len(padded) % 256 == 0x80
+    relength = struct.pack("<Q", len(padded)) + padded + data
+    assert relength[:1] == b"\x80"
+    config, tensors = read_checkpoint(relength)
+    config_good, tensors_good = read_checkpoint(good)
+    assert config == config_good
+    assert all(torch.equal(tensors[k], tensors_good[k]) for k in tensors_good)
