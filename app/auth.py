@@ -22,7 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import session_factory
+from app.db import session_scope
 from app.errors import ProblemError
 from app.settings import Settings, get_settings
 from app.tables import ApiKey, Owner
@@ -77,15 +77,8 @@ def get_app_settings(request: Request) -> Settings:
 def get_session(request: Request) -> Iterator[Session]:
     """One session per request: commit on success, roll back on error."""
     factory: sessionmaker[Session] | None = getattr(request.app.state, "session_factory", None)
-    session = (factory or session_factory())()
-    try:
+    with session_scope(factory) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

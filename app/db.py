@@ -50,9 +50,10 @@ def session_factory() -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
-    session = session_factory()()
+def session_scope(factory: sessionmaker[Session] | None = None) -> Iterator[Session]:
+    """A session (from `factory`, default the configured database's) that commits on success and
+    rolls back on error."""
+    session = (factory or session_factory())()
     try:
         yield session
         session.commit()

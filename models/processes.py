@@ -168,7 +168,35 @@ class ForwardProcess(ABC):
         return f"{type(self).__name__}({args})"
 
 
-class VP(ForwardProcess):
+class VariancePreserving(ForwardProcess):
+    """a = beta(s)/2, sigma^2 = kappa^2 beta(s), Sigma^2 = kappa^2 (1 - mu^2): equilibrium N(0, kappa^2 I).
+
+    Subclasses give the schedule: `beta(s)` and `log_mean_scale(s)` = -int_0^s beta / 2.
+    """
+
+    kappa: float
+
+    @abstractmethod
+    def beta(self, s: torch.Tensor) -> torch.Tensor:
+        """beta(s) = -2 d ln mu / ds, shape (B,)."""
+
+    def drift_rate(self, s: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.beta(s)
+
+    def diffusion_squared(self, s: torch.Tensor) -> torch.Tensor:
+        return self.kappa**2 * self.beta(s)
+
+    def variance(self, s: torch.Tensor) -> torch.Tensor:
+        return -(self.kappa**2) * torch.expm1(2.0 * self.log_mean_scale(s))
+
+    def equilibrium_precision(self, s: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(s, 1.0 / self.kappa**2)
+
+    def equilibrium_variance(self) -> float:
+        return self.kappa**2
+
+
+class VP(VariancePreserving):
     """Variance preserving: beta(s) linear, a = beta/2, sigma^2 = kappa^2 beta; "VPx": kappa=0.1."""
 
     kind = "vp"
@@ -184,23 +212,8 @@ class VP(ForwardProcess):
     def beta(self, s: torch.Tensor) -> torch.Tensor:
         return self.beta_min + (self.beta_max - self.beta_min) * s
 
-    def drift_rate(self, s: torch.Tensor) -> torch.Tensor:
-        return 0.5 * self.beta(s)
-
-    def diffusion_squared(self, s: torch.Tensor) -> torch.Tensor:
-        return self.kappa**2 * self.beta(s)
-
     def log_mean_scale(self, s: torch.Tensor) -> torch.Tensor:
         return -0.5 * self.beta_min * s - 0.25 * (self.beta_max - self.beta_min) * s * s
-
-    def variance(self, s: torch.Tensor) -> torch.Tensor:
-        return -(self.kappa**2) * torch.expm1(2.0 * self.log_mean_scale(s))
-
-    def equilibrium_precision(self, s: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(s, 1.0 / self.kappa**2)
-
-    def equilibrium_variance(self) -> float:
-        return self.kappa**2
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -211,7 +224,7 @@ class VP(ForwardProcess):
         }
 
 
-class VPCosine(ForwardProcess):
+class VPCosine(VariancePreserving):
     """Variance preserving, cosine schedule: mu(s) = cos(pi/2 (s+c)/(1+c)) / cos(pi/2 c/(1+c))."""
 
     kind = "vp_cosine"
@@ -230,24 +243,9 @@ class VPCosine(ForwardProcess):
     def beta(self, s: torch.Tensor) -> torch.Tensor:
         return math.pi / (1.0 + self.c) * torch.tan(self._angle(s))
 
-    def drift_rate(self, s: torch.Tensor) -> torch.Tensor:
-        return 0.5 * self.beta(s)
-
-    def diffusion_squared(self, s: torch.Tensor) -> torch.Tensor:
-        return self.kappa**2 * self.beta(s)
-
     def log_mean_scale(self, s: torch.Tensor) -> torch.Tensor:
         log_cos0 = math.log(math.cos(0.5 * math.pi * self.c / (1.0 + self.c)))
         return torch.log(torch.cos(self._angle(s))) - log_cos0
-
-    def variance(self, s: torch.Tensor) -> torch.Tensor:
-        return -(self.kappa**2) * torch.expm1(2.0 * self.log_mean_scale(s))
-
-    def equilibrium_precision(self, s: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(s, 1.0 / self.kappa**2)
-
-    def equilibrium_variance(self) -> float:
-        return self.kappa**2
 
     def spec(self) -> dict[str, Any]:
         return {"kind": self.kind, "kappa": self.kappa, "c": self.c}
