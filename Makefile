@@ -21,7 +21,7 @@ help:
 	@echo "make run [PORT=8000] [DATA_DIR=data]   start the embedded service (Ctrl+C stops all)"
 	@echo "make test [PYTEST_ARGS=...]            run the test suite"
 	@echo "make test-all                          include the slow (minutes-long) training tests"
-	@echo "make lint                              ruff"
+	@echo "make lint                              ruff and mypy"
 
 venv: $(STAMP)
 
@@ -52,6 +52,7 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check models app worker tests bench
+	$(VENV)/bin/mypy --explicit-package-bases models app worker
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
