@@ -14,7 +14,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO
@@ -35,6 +35,13 @@ CHUNK_BYTES = 1024 * 1024
 
 class ArtifactNotFound(FileNotFoundError):
     """No blob with that hash in the store."""
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    """The bytes of the file at `path`, CHUNK_BYTES at a time."""
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK_BYTES):
+            yield chunk
 
 
 def _check_sha(sha: str) -> str:
@@ -82,15 +89,7 @@ class ArtifactStore:
         sha = hashlib.sha256(data).hexdigest()
         target = self.path(sha)
         if not target.is_file():
-            fd, name = tempfile.mkstemp(dir=self.tmp_dir)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                self._move_into_place(Path(name), target)
-            finally:
-                Path(name).unlink(missing_ok=True)
+            self._write_new(target, [data])
         self._register(session, sha, len(data), media_type)
         return sha
 
@@ -100,30 +99,33 @@ class ArtifactStore:
         source = Path(source)
         digest = hashlib.sha256()
         size = 0
-        with source.open("rb") as fh:
-            while chunk := fh.read(CHUNK_BYTES):
-                digest.update(chunk)
-                size += len(chunk)
+        for chunk in _chunks(source):
+            digest.update(chunk)
+            size += len(chunk)
         sha = digest.hexdigest()
         target = self.path(sha)
         if not target.is_file():
             if move:
                 self._move_into_place(source, target)
             else:
-                fd, name = tempfile.mkstemp(dir=self.tmp_dir)
-                try:
-                    with os.fdopen(fd, "wb") as out, source.open("rb") as src:
-                        while chunk := src.read(CHUNK_BYTES):
-                            out.write(chunk)
-                        out.flush()
-                        os.fsync(out.fileno())
-                    self._move_into_place(Path(name), target)
-                finally:
-                    Path(name).unlink(missing_ok=True)
+                self._write_new(target, _chunks(source))
         elif move:
             source.unlink(missing_ok=True)
         self._register(session, sha, size, media_type)
         return sha
+
+    def _write_new(self, target: Path, chunks: Iterable[bytes]) -> None:
+        """Write `chunks` to a temporary file, fsync it and move it to `target` atomically."""
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            self._move_into_place(Path(name), target)
+        finally:
+            Path(name).unlink(missing_ok=True)
 
     def _move_into_place(self, tmp: Path, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -13,12 +13,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.artifacts import ArtifactStore
 from app.errors import ProblemError, conflict, not_found, unprocessable
 from app.schemas.checkpoints import CHECKPOINT_MEDIA_TYPE, CheckpointPublic
+from app.services.pages import newest_first_page
 from app.services.uploads import ReceivedUpload, too_large
 from app.settings import Settings
 from app.tables import Checkpoint, Job, JobStatus, Owner
@@ -124,12 +125,7 @@ def list_owned(session: Session, owner: Owner, limit: int, offset: int, *,
         where.append(Checkpoint.source == source)
     if job_id is not None:
         where.append(Checkpoint.job_id == job_id)
-    total = session.scalar(select(func.count()).select_from(Checkpoint).where(*where)) or 0
-    rows = session.scalars(
-        select(Checkpoint).where(*where)
-        .order_by(Checkpoint.created_at.desc(), Checkpoint.id.desc()).limit(limit).offset(offset)
-    ).all()
-    return list(rows), int(total)
+    return newest_first_page(session, Checkpoint, where, limit, offset)
 
 
 def delete_owned(session: Session, store: ArtifactStore, owner: Owner, checkpoint_id: str) -> None:

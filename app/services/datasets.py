@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.artifacts import ArtifactStore
@@ -25,6 +25,7 @@ from app.schemas.datasets import (
     UploadForm,
 )
 from app.services.npyfile import UploadError, read_uploaded_arrays
+from app.services.pages import newest_first_page
 from app.services.uploads import ReceivedUpload
 from app.settings import Settings
 from app.tables import Artifact, Dataset, Job, JobStatus, Owner
@@ -213,13 +214,7 @@ def get_owned(session: Session, owner: Owner, dataset_id: str, field: str | None
 
 def list_owned(session: Session, owner: Owner, limit: int, offset: int
                ) -> tuple[list[Dataset], int]:
-    where = Dataset.owner_id == owner.id
-    total = session.scalar(select(func.count()).select_from(Dataset).where(where)) or 0
-    rows = session.scalars(
-        select(Dataset).where(where).order_by(Dataset.created_at.desc(), Dataset.id.desc())
-        .limit(limit).offset(offset)
-    ).all()
-    return list(rows), int(total)
+    return newest_first_page(session, Dataset, [Dataset.owner_id == owner.id], limit, offset)
 
 
 def delete_owned(session: Session, store: ArtifactStore, owner: Owner, dataset_id: str) -> None:

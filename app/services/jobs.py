@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from redis import Redis
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from app import queue as rq_client
@@ -25,6 +25,7 @@ from app.schemas.jobs import (
     TrainJobCreate,
 )
 from app.services import job_requests
+from app.services.pages import newest_first_page
 from app.settings import Settings
 from app.tables import Job, JobMilestone, JobStatus, Owner, utcnow
 
@@ -100,11 +101,7 @@ def list_owned(session: Session, owner: Owner, status: str | None, job_type: str
         conds.append(Job.status == status)
     if job_type is not None:
         conds.append(Job.type == job_type)
-    total = session.scalar(select(func.count()).select_from(Job).where(*conds)) or 0
-    rows = session.scalars(select(Job).where(*conds)
-                           .order_by(Job.created_at.desc(), Job.id.desc())
-                           .limit(limit).offset(offset)).all()
-    return list(rows), int(total)
+    return newest_first_page(session, Job, conds, limit, offset)
 
 
 def cancel(session: Session, owner: Owner, job_id: str, connection: Redis | None) -> Job:
