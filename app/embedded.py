@@ -39,8 +39,9 @@ def say(message: str) -> None:
     print(f"[make run] {message}", flush=True)
 
 
-class Stop(Exception):  # noqa: N818 - control flow
-    """A stop signal arrived."""
+class Stop(BaseException):  # noqa: N818 - control flow
+    """A stop signal arrived. A BaseException, like KeyboardInterrupt, so that no `except
+    Exception` on the way (the readiness probe, Redis start-up) can swallow it."""
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
