@@ -2,7 +2,7 @@
 
 Paper MLP, GaussianMixture.paper(5 components, D = 2), 8192 training draws, VP(kappa = 1), batch 40,
 lr 1e-4, num_steps 10.  For each variant it trains once and measures S_NN at the milestones on fresh
-held-out mixture draws; S_tot is the deterministic grid value (models.estimators).  Prints one JSON
+held-out mixture draws; S_tot is the deterministic grid value (models.entropy.estimators).  Prints one JSON
 line per milestone and a summary (first epoch and wall time within 10 % of S_tot).
 
     .venv/bin/python bench/bench_convergence.py --epochs 100 --variants baseline,ema
@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.data import GaussianMixture  # noqa: E402
-from models.estimators import MeasurementConfig, neural_entropy, total_entropy_mixture_exact  # noqa: E402
+from models.entropy.estimators import MeasurementConfig, neural_entropy, total_entropy_mixture_exact  # noqa: E402
 from models.networks import MLPConfig, build_network  # noqa: E402
 from models.parametrization import EntropyMatchingModel  # noqa: E402
 from models.processes import VP  # noqa: E402

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from models.data import GaussianMixture
-from models.estimators import MeasurementConfig, neural_entropy, total_entropy_mixture, total_entropy_mixture_exact
+from models.entropy.estimators import MeasurementConfig, neural_entropy, total_entropy_mixture, total_entropy_mixture_exact
 from models.processes import SL, VP, ForwardProcess
-from models.quadrature import trapezoid_grid
+from models.entropy.quadrature import trapezoid_grid
 from models.tensors import squared_norm
 
 MIXTURE = GaussianMixture.paper()

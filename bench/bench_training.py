@@ -34,7 +34,7 @@ from models.data import GaussianMixture  # noqa: E402
 from models.networks import MLPConfig, build_network  # noqa: E402
 from models.processes import VP  # noqa: E402
 from models.training import TrainingCanceled, TrainingConfig, train  # noqa: E402
-from models.training_utils import ProgressEvent  # noqa: E402
+from models.training.schedules import ProgressEvent  # noqa: E402
 
 
 def matmul_rate(device: torch.device, n: int = 2048, reps: int = 4) -> float:

@@ -7,7 +7,7 @@
 --data takes a .npy array (N, D) or images, a .npz with "x" (or its first array) and optional
 "labels", a Gaussian-mixture JSON (`GaussianMixture.to_dict()`, or {"kind": "paper", ...} for
 `GaussianMixture.paper(...)`), or the word "digits" (scikit-learn's 8x8 digits).  Arrays are read
-with allow_pickle=False.  `train` writes DIR/model.safetensors (models.checkpoint_io format),
+with allow_pickle=False.  `train` writes DIR/model.safetensors (models.checkpoints.io format),
 DIR/state.safetensors (a resumable TrainingState, refreshed every epoch), DIR/run.json, and
 DIR/epoch_XXXX.safetensors at milestones.
 """
@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.checkpoint_io import CheckpointConfig, load_model, write_checkpoint
+from models.checkpoints.io import CheckpointConfig, load_model, write_checkpoint
 from models.data import DataSet, GaussianMixture, array_dataset, load_digits
 from models.networks import build_network, default_network_config, network_config_from_dict
 from models.processes import process_from_spec
 from models.training import TrainingCanceled, TrainingConfig, train
-from models.training_state import TrainingState
-from models.training_utils import ProgressEvent
+from models.training.state import TrainingState
+from models.training.schedules import ProgressEvent
 
 
 def load_data(spec: str, n_samples: int, seed: int) -> tuple[DataSet, GaussianMixture | None]:
@@ -163,7 +163,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_measure(a: argparse.Namespace) -> int:
-    from models.estimators import MeasurementConfig, neural_entropy, total_entropy_mixture
+    from models.entropy.estimators import MeasurementConfig, neural_entropy, total_entropy_mixture
 
     model = load_model(Path(a.checkpoint).read_bytes(), device=a.device)
     data, mixture = load_data(a.data, a.n_samples_data, a.data_seed)
@@ -191,7 +191,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
 
     blob = Path(a.checkpoint).read_bytes()
     model = load_model(blob, device=a.device)
-    from models.checkpoint_io import read_checkpoint
+    from models.checkpoints.io import read_checkpoint
 
     cfg, _ = read_checkpoint(blob)
     labels = None

@@ -328,7 +328,7 @@ class GaussianMixture:
 
     def entropy_at(self, s: float, process: ForwardProcess, n_grid: int = 801) -> float:
         """h(p_s) in nats by a tensor-product trapezoid rule (dim <= 2 only; deterministic)."""
-        from models.quadrature import grid_entropy
+        from models.entropy.quadrature import grid_entropy
 
         tt = torch.tensor([s], dtype=torch.float64)
         mu, var = float(process.mean_scale(tt)), float(process.variance(tt))

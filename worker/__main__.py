@@ -38,7 +38,7 @@ def _preload() -> None:
     import torch  # noqa: F401
 
     import models.data  # noqa: F401
-    import models.estimators  # noqa: F401
+    import models.entropy.estimators  # noqa: F401
     import models.networks  # noqa: F401
     import worker.jobs  # noqa: F401
     import worker.other_jobs  # noqa: F401

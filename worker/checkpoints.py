@@ -24,8 +24,8 @@ def checkpoint_config(
     provenance: dict[str, Any],
     parametrization: str = "entropy_matching",
 ) -> Any:
-    """A validated `models.checkpoint_io.CheckpointConfig`."""
-    from models.checkpoint_io import CheckpointConfig
+    """A validated `models.checkpoints.io.CheckpointConfig`."""
+    from models.checkpoints.io import CheckpointConfig
 
     return CheckpointConfig.from_dict(
         {
@@ -50,7 +50,7 @@ def store_checkpoint(
     epoch: int | None,
 ) -> Checkpoint:
     """Write `network`'s weights with `config` to the artifact store and add a Checkpoint row."""
-    from models.checkpoint_io import write_checkpoint
+    from models.checkpoints.io import write_checkpoint
 
     blob = write_checkpoint(network, config)
     sha = get_artifact_store().put_bytes(session, blob, SAFETENSORS_MEDIA_TYPE)

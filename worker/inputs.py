@@ -1,6 +1,6 @@
 """Loading a job's inputs: dataset blobs (canonical .npz) and checkpoints from the artifact store.
 
-Blobs are read with `allow_pickle=False` and checkpoints through `models.checkpoint_io`
+Blobs are read with `allow_pickle=False` and checkpoints through `models.checkpoints.io`
 (safetensors, never unpickled), so even a tampered artifact store cannot make the worker run code.
 """
 
@@ -111,14 +111,14 @@ def _eight_bit_range(row: Dataset) -> tuple[float, float] | None:
 class LoadedCheckpoint:
     checkpoint_id: str
     sha256: str
-    config: Any  # models.checkpoint_io.CheckpointConfig
+    config: Any  # models.checkpoints.io.CheckpointConfig
     model: Any  # models.parametrization.EntropyMatchingModel, eval mode on `device`
     epoch: int | None
 
 
 def load_checkpoint(session: Session, checkpoint_id: str | None, device: str) -> LoadedCheckpoint:
     """Read, validate and build the checkpoint's EntropyMatchingModel on `device`."""
-    from models.checkpoint_io import load_model, read_checkpoint
+    from models.checkpoints.io import load_model, read_checkpoint
 
     if not checkpoint_id:
         raise JobInputError("the job names no checkpoint")

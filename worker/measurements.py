@@ -52,8 +52,8 @@ def _column(curve: Any, name: str) -> list[float | None] | None:
 
 
 def measurement_config(spec: dict[str, Any]) -> Any:
-    """`models.estimators.MeasurementConfig` from the request's measurement section."""
-    from models.estimators import MeasurementConfig
+    """`models.entropy.estimators.MeasurementConfig` from the request's measurement section."""
+    from models.entropy.estimators import MeasurementConfig
 
     known = {f.name for f in dataclasses.fields(MeasurementConfig)}
     args = {k: v for k, v in spec.items() if k in known and v is not None}
@@ -87,7 +87,7 @@ def measure(
     device: str,
 ) -> MeasurementResult:
     """Run the measurement `spec` (the request's "measurement" section) of `model` on `loaded`."""
-    from models import estimators
+    from models.entropy import estimators
 
     config = measurement_config(spec)
     split = str(spec.get("split", "test"))

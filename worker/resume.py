@@ -41,7 +41,7 @@ def load_training_state(job_id: str) -> Any | None:
     path = training_state_path(job_id)
     if not path.is_file():
         return None
-    from models.training_state import TrainingState
+    from models.training.state import TrainingState
 
     try:
         return TrainingState.from_bytes(path.read_bytes())

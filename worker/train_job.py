@@ -21,7 +21,7 @@ from app.db import session_scope
 from app.settings import code_version
 from app.tables import JobMilestone
 from models.processes import ForwardProcess, process_from_spec
-from models.training_state import TrainingStateError
+from models.training.state import TrainingStateError
 from worker.checkpoints import checkpoint_config, store_checkpoint
 from worker.errors import JobCanceled
 from worker.inputs import LoadedDataset, check_fits, load_dataset

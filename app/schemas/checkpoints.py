@@ -1,6 +1,6 @@
 """Checkpoint documents. The upload itself is multipart (`file` + optional `config` JSON field).
 
-The config is `models.checkpoint_io.CheckpointConfig.to_dict()`: format_version, network,
+The config is `models.checkpoints.io.CheckpointConfig.to_dict()`: format_version, network,
 parametrization, process, event_shape, value_range, num_classes, provenance (docs/checkpoints.md).
 """
 

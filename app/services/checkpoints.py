@@ -1,6 +1,6 @@
 """Checkpoints: create from an upload, list, get, delete, locate for download.
 
-An upload is validated completely (`models.checkpoint_io.read_checkpoint`: container, metadata,
+An upload is validated completely (`models.checkpoints.io.read_checkpoint`: container, metadata,
 config, tensor names/shapes/dtypes against the architecture) before anything is stored. What is
 stored is the canonical file: the same tensors, rewritten with the merged and normalised config
 as metadata, so the download always carries the config the service uses (for uploads and for the
@@ -23,7 +23,7 @@ from app.services.pages import newest_first_page
 from app.services.uploads import ReceivedUpload, too_large
 from app.settings import Settings
 from app.tables import Checkpoint, Job, JobStatus, Owner
-from models.checkpoint_io import (
+from models.checkpoints.io import (
     CheckpointError,
     CheckpointTooLarge,
     NotSafetensors,

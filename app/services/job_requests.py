@@ -29,7 +29,7 @@ from app.schemas.jobs import (
 from app.services.datasets import get_owned as get_dataset
 from app.settings import Settings
 from app.tables import Checkpoint, Dataset, Owner
-from models.estimators import MeasurementConfig
+from models.entropy.estimators import MeasurementConfig
 from models.processes import ForwardProcess, process_from_spec
 
 NUM_STEPS_VECTORS = 10  # paper: 10 throws per point for low-dimensional data
@@ -37,7 +37,7 @@ NUM_STEPS_IMAGES = 1  # paper: 1 for images
 
 
 def default_measurement_samples() -> int:
-    """The estimator's own default `n_samples` (models.estimators.MeasurementConfig)."""
+    """The estimator's own default `n_samples` (models.entropy.estimators.MeasurementConfig)."""
     return MeasurementConfig().n_samples
 
 

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from app.main import create_app
 from app.settings import Settings
 from app.tables import Checkpoint, Job, JobStatus
-from models.checkpoint_io import METADATA_KEY, CheckpointConfig, read_checkpoint, write_checkpoint
+from models.checkpoints.io import METADATA_KEY, CheckpointConfig, read_checkpoint, write_checkpoint
 from models.networks import MLPConfig, build_network
 from tests.app.helpers import assert_problem
 

@@ -1,4 +1,4 @@
-"""models.checkpoint_io: the safetensors + JSON-metadata checkpoint format.
+"""models.checkpoints.io: the safetensors + JSON-metadata checkpoint format.
 
 Round trips, every kind of bad file refused with its own clear error (and never unpickled), the
 architecture check listing offending tensors, config validation and overrides, the score / noise
@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from models.checkpoint_io import (
+from models.checkpoints.io import (
     METADATA_KEY,
     CheckpointConfig,
     CheckpointError,
@@ -427,7 +427,7 @@ class _Rescaled(torch.nn.Module):
 @pytest.mark.parametrize("parametrization", ["score", "noise"])
 def test_rescaled_networks_give_the_same_e_theta_and_s_nn(network: torch.nn.Module,
                                                           parametrization: str) -> None:
-    from models.estimators import MeasurementConfig, neural_entropy
+    from models.entropy.estimators import MeasurementConfig, neural_entropy
     from models.parametrization import EntropyMatchingModel
 
     config = small_config()

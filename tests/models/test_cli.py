@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.checkpoint_io import load_model
+from models.checkpoints.io import load_model
 from models.cli import main
-from models.training_state import TrainingState
+from models.training.state import TrainingState
 
 TINY_NET = json.dumps({"arch": "mlp", "dim": 2, "fourier_features": 8, "width": 16, "hidden_widths": [16, 8]})
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models.data import GaussianMixture
-from models.estimators import (
+from models.entropy.estimators import (
     MeasurementConfig,
     data_entropy,
     density_bound,
@@ -20,7 +20,7 @@ from models.estimators import (
     total_entropy_mixture_exact,
 )
 from models.processes import SL, VE, VP, ForwardProcess, ProcessRangeError, VPCosine
-from models.quadrature import time_grid
+from models.entropy.quadrature import time_grid
 
 PROCESSES = [VP(), VPCosine(), SL(), VE()]
 IDS = ["vp", "vp_cosine", "sl", "ve"]
@@ -216,9 +216,9 @@ def test_bad_inputs_raise_clear_errors() -> None:
 
 @pytest.mark.parametrize("kind", ["rate", "bound"])
 def test_gaussian_fit_control_variate_means_are_exact_on_a_pool(kind: str) -> None:
-    from models.control_variates import pool_source
-    from models.estimators import _BoundIntegrand, _RateIntegrand
-    from models.quadrature import NodeTimes
+    from models.entropy.control_variates import pool_source
+    from models.entropy.estimators import _BoundIntegrand, _RateIntegrand
+    from models.entropy.quadrature import NodeTimes
 
     pool = torch.randn(300, 1, 3, 2, dtype=torch.float64) * torch.tensor([0.2, 1.0]) + 0.5
     source = pool_source(pool, None, "cpu")

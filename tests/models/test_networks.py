@@ -1,4 +1,4 @@
-"""models.networks / models.unet: shapes, configs, clear input errors, the fused MLP vs autograd."""
+"""models.networks / models.networks.unet: shapes, configs, clear input errors, the fused MLP vs autograd."""
 
 from __future__ import annotations
 

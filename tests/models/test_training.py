@@ -13,7 +13,7 @@ import torch
 from models.data import DataSet
 from models.networks import MLPConfig, UNetConfig, build_network
 from models.processes import VE, VP
-from models.training import (
+from models.training.loop import (
     TrainingCanceled,
     TrainingConfig,
     _Throws,
@@ -22,8 +22,8 @@ from models.training import (
     loss_weight,
     train,
 )
-from models.training_state import TrainingState, TrainingStateError
-from models.training_utils import ProgressEvent, lr_at
+from models.training.state import TrainingState, TrainingStateError
+from models.training.schedules import ProgressEvent, lr_at
 
 TINY = {"fourier_features": 8, "width": 16, "hidden_widths": (16, 8)}
 
@@ -269,7 +269,7 @@ def test_paper_mlp_learns_the_paper_mixture_to_within_ten_percent() -> None:
     """The paper's protocol (MATH.md 5): 8192 draws, VP, batch 40, lr 1e-4, num_steps 10; after 10
     epochs S_NN on held-out draws is within 10 % of the exact S_tot (observed ratio ~1.04)."""
     from models.data import GaussianMixture
-    from models.estimators import MeasurementConfig, neural_entropy, total_entropy_mixture_exact
+    from models.entropy.estimators import MeasurementConfig, neural_entropy, total_entropy_mixture_exact
     from models.parametrization import EntropyMatchingModel
 
     mixture, process = GaussianMixture.paper(seed=0), VP()

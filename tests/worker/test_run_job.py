@@ -82,7 +82,7 @@ def test_train_job_leaves_measurement_curve_checkpoint_and_milestones(service_en
         assert sorted(c.epoch for c in ckpts) == [1, 2]
         final = session.get(Checkpoint, job.checkpoint_id)
         assert final.source == "training" and final.config["event_shape"] == [2]
-    from models.checkpoint_io import load_model
+    from models.checkpoints.io import load_model
 
     model = load_model(get_artifact_store().read_bytes(final.sha256))
     assert model is not None
@@ -207,7 +207,7 @@ def test_progress_writes_are_bounded_during_training(service_env, monkeypatch) -
 
 
 def test_sample_job_of_an_image_checkpoint_also_stores_a_png_grid(service_env) -> None:
-    from models.checkpoint_io import CheckpointConfig, write_checkpoint
+    from models.checkpoints.io import CheckpointConfig, write_checkpoint
     from models.networks import UNetConfig, build_network
     from worker.checkpoints import store_checkpoint
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.network_inputs import check_inputs
+from models.networks.inputs import check_inputs
 
 
 @dataclass(frozen=True)

@@ -7,22 +7,21 @@ random Fourier features of x and of s, each followed by Dense + sigmoid, then hi
 
 where e is the time embedding, and a final Dense(D) with no time term.  Networks know nothing of
 processes: `models.parametrization` reads their output as e_theta, a score or a noise prediction.
-Every architecture has a frozen config with `to_dict()` (carrying "arch") and is built by
-`build_network(config)`; `network_config_from_dict` inverts `to_dict`.
+Every architecture has a frozen config with `to_dict()` (carrying "arch"); `models.networks.factory`
+builds networks from configs and reads configs back from dicts.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import torch
 from torch import nn
 
-from models.mlp_fused import paper_mlp_fused
-from models.network_inputs import NetworkInputError, check_inputs
-from models.unet import UNet, UNetConfig
+from models.networks.inputs import check_inputs
+from models.networks.mlp_fused import paper_mlp_fused
 
 LAYER_NORM_EPS = 1e-6  # Flax's LayerNorm default, as in the paper's code
 
@@ -85,7 +84,6 @@ class MLPConfig:
         return 2 * macs
 
 
-NetworkConfig = MLPConfig | UNetConfig
 
 
 class FourierFeatures(nn.Module):
@@ -184,93 +182,3 @@ class PaperMLP(nn.Module):
             for module in (dense, proj, norm):
                 args += [cast(torch.Tensor, module.weight), cast(torch.Tensor, module.bias)]
         return args + [self.out.weight, self.out.bias]
-
-
-def network_config_from_dict(d: dict[str, Any]) -> NetworkConfig:
-    """Inverse of `config.to_dict()`; unknown "arch" or fields raise ValueError."""
-    params = dict(d)
-    arch = params.pop("arch", "mlp")
-    cls: type[MLPConfig] | type[UNetConfig]
-    if arch == "mlp":
-        cls = MLPConfig
-    elif arch == "unet":
-        cls = UNetConfig
-    else:
-        raise ValueError(f"unknown network arch {arch!r}; expected 'mlp' or 'unet'")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ValueError(f"unknown {arch} config fields: {unknown}")
-    for key in ("hidden_widths", "event_shape", "channel_mults", "attention_resolutions"):
-        if isinstance(params.get(key), list):
-            params[key] = tuple(params[key])
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise ValueError(f"bad {arch} config: {exc}") from exc
-
-
-def build_network(config: NetworkConfig) -> nn.Module:
-    """The network for a config; deterministic given config.seed."""
-    if isinstance(config, MLPConfig):
-        return PaperMLP(config)
-    if isinstance(config, UNetConfig):
-        return UNet(config)
-    raise TypeError(f"not a network config: {config!r}")
-
-
-def default_network_config(
-    event_shape: tuple[int, ...] | torch.Size, num_classes: int | None = None, seed: int = 0
-) -> NetworkConfig:
-    """Paper MLP for vectors (D,); a small U-Net for images (C, H, W) sized by the image."""
-    shape = tuple(int(n) for n in event_shape)
-    if len(shape) == 1:
-        return MLPConfig(dim=shape[0], num_classes=num_classes, seed=seed)
-    if len(shape) == 3:
-        channels, height, width = shape
-        if height != width:
-            raise ValueError(f"default U-Net needs square images, got {height}x{width}")
-        if height <= 8:
-            return UNetConfig(
-                channels,
-                height,
-                base_channels=32,
-                channel_mults=(1, 2),
-                attention_resolutions=(),
-                num_classes=num_classes,
-                seed=seed,
-            )
-        if height <= 16:
-            return UNetConfig(
-                channels,
-                height,
-                base_channels=32,
-                channel_mults=(1, 2, 2),
-                attention_resolutions=(height // 4,),
-                num_classes=num_classes,
-                seed=seed,
-            )
-        return UNetConfig(
-            channels,
-            height,
-            base_channels=64,
-            channel_mults=(1, 2, 2),
-            attention_resolutions=((height + 3) // 4,),
-            num_classes=num_classes,
-            seed=seed,
-        )
-    raise ValueError(f"no default network for samples of shape {shape}; use (D,) or (C, H, W)")
-
-
-__all__ = [
-    "FourierFeatures",
-    "MLPConfig",
-    "NetworkConfig",
-    "NetworkInputError",
-    "PaperMLP",
-    "UNetConfig",
-    "build_network",
-    "check_inputs",
-    "default_network_config",
-    "network_config_from_dict",
-]

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from models.checkpoint_format import CheckpointError, is_int
+from models.checkpoints.format import CheckpointError, is_int
 from models.parametrization import PARAMETRIZATIONS
 from models.processes import ForwardProcess, process_from_spec
 

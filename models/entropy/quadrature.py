@@ -15,7 +15,7 @@ degree 2 * panel_order - 3 per panel); consecutive panels share their end points
 n_panels * (panel_order - 1) + 1 points and includes t_start and t_end. Other variables:
 "sqrt_s" (v = sqrt(s)), "log_s" (v = ln s), "linear" (v = s); `trapezoid_grid` is the paper's
 uniform grid with the trapezoid rule, kept for comparison. `NodeTimes` holds the process's
-coefficients at the nodes for the Monte Carlo engine (`models.montecarlo`).
+coefficients at the nodes for the Monte Carlo engine (`models.entropy.montecarlo`).
 """
 
 from __future__ import annotations

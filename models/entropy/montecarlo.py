@@ -1,8 +1,8 @@
-"""Stratified Monte Carlo over a time grid (MATH.md 4): the engine behind `models.estimators`.
+"""Stratified Monte Carlo over a time grid (MATH.md 4): the engine behind `models.entropy.estimators`.
 
 At every node s_i of a `TimeGrid` the engine estimates E[f(x0, z, s_i)] from its own fresh throws
 (x0 from a `Source`, z ~ N(0, I), optionally in antithetic pairs). Per node, control variates
-with exactly known means (`models.control_variates` and the integrand's own) are fitted by
+with exactly known means (`models.entropy.control_variates` and the integrand's own) are fitted by
 cross-fitted least squares (unbiased, honest variance); a pilot is spread over the nodes (half
 evenly, half by the integrand's Gaussian-fit guess) and the rest allocated by Neyman's rule
 n_i ~ |w_i| sd_i in growing rounds. Nodes are independent, so the variance of any weighted sum
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from models.control_variates import Source
+from models.entropy.control_variates import Source
 from models.processes import ForwardProcess
-from models.quadrature import NodeTimes, TimeGrid
+from models.entropy.quadrature import NodeTimes, TimeGrid
 
 # Tuning, chosen by measurement (bench/bench_estimators.py):
 MIN_PER_NODE = 16  # pilot throws per node (pairs when antithetic), at least

@@ -1,7 +1,7 @@
 """Neural entropy, total entropy, density bound and data entropy (MATH.md 3), estimated well (MATH.md 4).
 
 Every quantity is a time integral of an expectation over x0 and z. The estimator
-(`models.montecarlo.stratified_mc` on a `models.quadrature.time_grid`):
+(`models.entropy.montecarlo.stratified_mc` on a `models.entropy.quadrature.time_grid`):
 - nodes: composite Gauss-Lobatto in log-SNR, where the integrand Sigma^2/2 E||e||^2 per unit
   log-SNR stays bounded (MATH.md 4); the rate curve, the cumulative curve and the total come from
   the same evaluations. (The paper: 100 uniform times on [1e-5, 1], trapezoid rule, one batch of
@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.closed_forms import check_end, gaussian_terms, total_entropy_gaussian, total_entropy_mixture_exact
-from models.control_variates import KernelFeatures, PolynomialFeatures, Source, mixture_source, pool_source
+from models.entropy.closed_forms import check_end, gaussian_terms, total_entropy_gaussian, total_entropy_mixture_exact
+from models.entropy.control_variates import KernelFeatures, PolynomialFeatures, Source, mixture_source, pool_source
 from models.data import GaussianMixture
-from models.montecarlo import MIN_PER_NODE, Integrand, NodeEstimates, stratified_mc
+from models.entropy.montecarlo import MIN_PER_NODE, Integrand, NodeEstimates, stratified_mc
 from models.processes import ForwardProcess
-from models.quadrature import GRID_VARIABLES, NodeTimes, TimeGrid, time_grid
+from models.entropy.quadrature import GRID_VARIABLES, NodeTimes, TimeGrid, time_grid
 from models.tensors import append_dims, squared_norm
 
 __all__ = [

@@ -1,5 +1,5 @@
 """Where x0 comes from (`Source`: a data pool or a Gaussian mixture) with the exact moments that
-make control variates possible, and the generic control variates of `models.montecarlo`.
+make control variates possible, and the generic control variates of `models.entropy.montecarlo`.
 
 Control variates must have exactly known means. For functions of y = mu x0 + Sigma z these follow
 from the source's moments of x0 (pool averages, or a mixture's closed form) and z ~ N(0, I):
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from models.data import GaussianMixture
-from models.quadrature import NodeTimes
+from models.entropy.quadrature import NodeTimes
 
 _Z_MOMENTS = (1.0, 0.0, 1.0, 0.0, 3.0)  # E z^k, k = 0..4, z ~ N(0, 1)
 

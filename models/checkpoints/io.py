@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load as _st_load
 from safetensors.torch import save as _st_save
 
-from models.checkpoint_config import (
+from models.checkpoints.config import (
     FORMAT_VERSION,
     PARAMETRIZATIONS,
     CheckpointConfig,
@@ -44,7 +44,7 @@ from models.checkpoint_config import (
     merge_config,
     network_api,
 )
-from models.checkpoint_format import (
+from models.checkpoints.format import (
     DEFAULT_MAX_BYTES,
     DTYPE_CODES,
     CheckpointError,
