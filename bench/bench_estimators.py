@@ -28,9 +28,14 @@ import numpy as np
 import torch
 
 from models.data import GaussianMixture
-from models.entropy.estimators import MeasurementConfig, neural_entropy, total_entropy_mixture, total_entropy_mixture_exact
-from models.processes import SL, VP, ForwardProcess
+from models.entropy.estimators import (
+    MeasurementConfig,
+    neural_entropy,
+    total_entropy_mixture,
+    total_entropy_mixture_exact,
+)
 from models.entropy.quadrature import trapezoid_grid
+from models.processes import SL, VP, ForwardProcess
 from models.tensors import squared_norm
 
 MIXTURE = GaussianMixture.paper()

@@ -29,8 +29,8 @@ from models.data import DataSet, GaussianMixture, array_dataset, load_digits
 from models.networks import build_network, default_network_config, network_config_from_dict
 from models.processes import process_from_spec
 from models.training import TrainingCanceled, TrainingConfig, train
-from models.training.state import TrainingState
 from models.training.schedules import ProgressEvent
+from models.training.state import TrainingState
 
 
 def load_data(spec: str, n_samples: int, seed: int) -> tuple[DataSet, GaussianMixture | None]:

@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.data import GaussianMixture
 from models.entropy.closed_forms import check_end, gaussian_terms, total_entropy_gaussian, total_entropy_mixture_exact
 from models.entropy.control_variates import KernelFeatures, PolynomialFeatures, Source, mixture_source, pool_source
-from models.data import GaussianMixture
 from models.entropy.montecarlo import MIN_PER_NODE, Integrand, NodeEstimates, stratified_mc
-from models.processes import ForwardProcess
 from models.entropy.quadrature import GRID_VARIABLES, NodeTimes, TimeGrid, time_grid
+from models.processes import ForwardProcess
 from models.tensors import append_dims, squared_norm
 
 __all__ = [

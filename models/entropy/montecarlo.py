@@ -19,8 +19,8 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from models.entropy.control_variates import Source
-from models.processes import ForwardProcess
 from models.entropy.quadrature import NodeTimes, TimeGrid
+from models.processes import ForwardProcess
 
 # Tuning, chosen by measurement (bench/bench_estimators.py):
 MIN_PER_NODE = 16  # pilot throws per node (pairs when antithetic), at least

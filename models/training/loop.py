@@ -24,8 +24,8 @@ from torch import nn
 from models.parametrization import EntropyMatchingModel, Parametrization, affine_residual
 from models.processes import ForwardProcess
 from models.tensors import append_dims, squared_norm
-from models.training.state import TrainingState, load_optimizer_state, optimizer_state
 from models.training.schedules import ProgressEvent, lr_at, tune_cpu_allocator
+from models.training.state import TrainingState, load_optimizer_state, optimizer_state
 
 Weighting = Literal["unit", "likelihood"]
 LrSchedule = Literal["constant", "cosine"]

@@ -19,8 +19,8 @@ from models.entropy.estimators import (
     total_entropy_mixture,
     total_entropy_mixture_exact,
 )
-from models.processes import SL, VE, VP, ForwardProcess, ProcessRangeError, VPCosine
 from models.entropy.quadrature import time_grid
+from models.processes import SL, VE, VP, ForwardProcess, ProcessRangeError, VPCosine
 
 PROCESSES = [VP(), VPCosine(), SL(), VE()]
 IDS = ["vp", "vp_cosine", "sl", "ve"]

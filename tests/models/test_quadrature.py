@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from models.entropy.estimators import total_entropy_gaussian
-from models.processes import SL, VE, VP, ForwardProcess, ProcessRangeError, VPCosine
 from models.entropy.quadrature import grid_entropy, lobatto_panel, s_at_log_snr, time_grid, trapezoid_grid
+from models.processes import SL, VE, VP, ForwardProcess, ProcessRangeError, VPCosine
 
 PROCESSES = [VP(), VP(kappa=0.1), VPCosine(), SL(), VE()]
 IDS = ["vp", "vpx", "vp_cosine", "sl", "ve"]
@@ -106,8 +106,8 @@ def test_grid_entropy_of_a_gaussian(dim: int) -> None:
     ("source_kind", "dim"), [("pool", 2), ("mixture", 2), ("mixture", 3), ("pool", 7), ("mixture", 20)]
 )
 def test_control_variate_means_are_exact(dim: int, source_kind: str) -> None:
-    from models.entropy.control_variates import KernelFeatures, PolynomialFeatures, mixture_source, pool_source
     from models.data import GaussianMixture
+    from models.entropy.control_variates import KernelFeatures, PolynomialFeatures, mixture_source, pool_source
     from models.entropy.quadrature import NodeTimes
 
     mixture = GaussianMixture.paper(n_components=3, dim=dim, seed=dim)

@@ -22,8 +22,8 @@ from models.training.loop import (
     loss_weight,
     train,
 )
-from models.training.state import TrainingState, TrainingStateError
 from models.training.schedules import ProgressEvent, lr_at
+from models.training.state import TrainingState, TrainingStateError
 
 TINY = {"fourier_features": 8, "width": 16, "hidden_widths": (16, 8)}
 
