@@ -1,4 +1,4 @@
-"""Error per network evaluation of the entropy estimators (MATH.md 4), against the paper's scheme.
+"""Error per network evaluation of the entropy estimators (docs/math.md §4), against the paper's scheme.
 
 Data: the paper's 2-D, 5-component Gaussian mixture (`GaussianMixture.paper()`), whose score is
 exact at every time, so the "network" is the exact e = grad log p_s - grad log p_eq and the truth
@@ -9,9 +9,10 @@ Compared at equal numbers of evaluations N:
 - paper: 100 uniform times on [t_min, t_max] (the paper's [1e-5, 1]; SL stops at 1 - 1e-5, where
   sigma is finite), trapezoid rule, one batch of N/100 fresh x0 reused at every time, fresh z;
 - ours: `total_entropy_mixture` with the default `MeasurementConfig` (log-SNR Gauss-Lobatto
-  grid, fresh x0 per throw, antithetic z, control variates, Neyman allocation).
+  grid, fresh x0 and z per throw, control variates, Neyman allocation).
 Prints the RMS relative error over seeds, the ratio, how honest our stderr is (RMS of z-scores),
-ablations, and the time to 0.6 % relative stderr with a network of the paper's MLP size.
+ablations, and the time to 0.6 % relative stderr when every evaluation also runs the paper's MLP
+(`models.networks.PaperMLP`, D = 2) while the answer stays the exact mixture value.
 
     .venv/bin/python bench/bench_estimators.py            # about 5 minutes on 2 cores
     .venv/bin/python bench/bench_estimators.py --quick    # fewer seeds and budgets
@@ -35,6 +36,7 @@ from models.entropy.estimators import (
     total_entropy_mixture_exact,
 )
 from models.entropy.quadrature import trapezoid_grid
+from models.networks import MLPConfig, build_network
 from models.processes import SL, VP, ForwardProcess
 from models.tensors import squared_norm
 
@@ -101,25 +103,16 @@ def ablations(process: ForwardProcess, reference: float, n: int, seeds: int) -> 
 
 
 def mlp_sized_e(process: ForwardProcess) -> tuple[Callable[..., torch.Tensor], str]:
-    """The exact e plus 0 x (a network of the paper's MLP size), so each evaluation costs what a
+    """The exact e plus 0 x the paper's MLP (`PaperMLP`, untrained), so each evaluation costs what a
     trained MLP costs while the answer stays exact."""
-    try:
-        from models.networks import MLPConfig, build_network
-
-        net = build_network(MLPConfig(dim=2)).eval()
-        name = "models.networks PaperMLP (dim 2)"
-    except Exception:  # pragma: no cover - SCIENCE-B's module missing: a stand-in of equal size
-        net = torch.nn.Sequential(torch.nn.Linear(3, 512), torch.nn.Sigmoid(), torch.nn.Linear(512, 512),
-                                  torch.nn.Sigmoid(), torch.nn.Linear(512, 256), torch.nn.Sigmoid(),
-                                  torch.nn.Linear(256, 2))
-        name = "stand-in MLP"
+    net = build_network(MLPConfig(dim=2)).eval()
 
     def e(y: torch.Tensor, s: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        out = net(y, s, labels) if name.startswith("models") else net(torch.cat([y, s[:, None]], 1))
+        out = net(y, s, labels)
         exact = MIXTURE.score(y, s, process) - process.equilibrium_score(y, s)
         return exact + 0.0 * out
 
-    return e, name
+    return e, f"{type(net).__name__} (dim 2)"
 
 
 def time_to_target(target: float = 0.006) -> None:

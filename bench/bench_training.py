@@ -33,8 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.data import GaussianMixture  # noqa: E402
 from models.networks import MLPConfig, build_network  # noqa: E402
 from models.processes import VP  # noqa: E402
-from models.training import TrainingCanceled, TrainingConfig, train  # noqa: E402
-from models.training.schedules import ProgressEvent  # noqa: E402
+from models.training import NoHooks, ProgressEvent, TrainingCanceled, TrainingConfig, train  # noqa: E402
 
 
 def matmul_rate(device: torch.device, n: int = 2048, reps: int = 4) -> float:
@@ -61,32 +60,33 @@ def measure(device: torch.device, rounds: int, window: int, fused: bool) -> dict
     train_rates: list[float] = []
     mm_rates: list[float] = []
     mm_device = device if device.type == "cuda" else torch.device("cpu")
-    mark = {"t": 0.0, "step": 0, "n": 0}
 
-    def on_progress(ev: ProgressEvent) -> None:
-        entered = time.perf_counter()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    class Windows(NoHooks):
+        """Times each window of `window` steps, then runs the matmuls; stops after `rounds` windows."""
+
+        progress_every = window
+
+        def __init__(self) -> None:
+            self.window_start, self.last_step, self.events = 0.0, 0, 0
+
+        def on_progress(self, event: ProgressEvent) -> None:
             entered = time.perf_counter()
-        steps = ev.global_step - mark["step"]
-        if mark["n"] > 0 and steps == window:  # skip the warm-up window and epoch ends
-            train_rates.append(steps * throws_per_step / (entered - mark["t"]))
-            mm_rates.append(matmul_rate(mm_device))
-        mark["n"] += 1
-        mark["step"] = ev.global_step
-        mark["t"] = time.perf_counter()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                entered = time.perf_counter()
+            steps = event.global_step - self.last_step
+            if self.events > 0 and steps == window:  # skip the warm-up window and epoch ends
+                train_rates.append(steps * throws_per_step / (entered - self.window_start))
+                mm_rates.append(matmul_rate(mm_device))
+            self.events += 1
+            self.last_step = event.global_step
+            self.window_start = time.perf_counter()
+
+        def should_stop(self) -> bool:
+            return len(train_rates) >= rounds
 
     try:
-        train(
-            build_network(net_config),
-            VP(),
-            data,
-            config,
-            device=device,
-            on_progress=on_progress,
-            progress_every=window,
-            should_stop=lambda: len(train_rates) >= rounds,
-        )
+        train(build_network(net_config), VP(), data, config, device=device, hooks=Windows())
     except TrainingCanceled:
         pass  # stopped after `rounds` windows
     paired = [t * flops_per_throw / 1e9 / m for t, m in zip(train_rates, mm_rates, strict=True)]

@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.checkpoints.io import CheckpointConfig, load_model, write_checkpoint
+from models.checkpoints.io import CheckpointConfig, load_model, read_checkpoint, write_checkpoint
 from models.data import DataSet, GaussianMixture, array_dataset, load_digits
-from models.networks import build_network, default_network_config, network_config_from_dict
+from models.entropy.estimators import MeasurementConfig, neural_entropy, total_entropy_mixture
+from models.networks import NetworkConfig, build_network, default_network_config, network_config_from_dict
 from models.processes import process_from_spec
-from models.training import TrainingCanceled, TrainingConfig, train
-from models.training.schedules import ProgressEvent
+from models.sampling import image_grid_png, sample_probability_flow, scatter_png
+from models.training import NoHooks, ProgressEvent, TrainingCanceled, TrainingConfig, train
 from models.training.state import TrainingState
 
 
@@ -73,7 +74,7 @@ def _training_config(a: argparse.Namespace) -> TrainingConfig:
 
 
 def _checkpoint_config(
-    net_cfg: Any, process_spec: dict[str, Any], data: DataSet, a: argparse.Namespace, epoch: int
+    net_cfg: NetworkConfig, process_spec: dict[str, Any], data: DataSet, a: argparse.Namespace, epoch: int
 ) -> CheckpointConfig:
     return CheckpointConfig(
         network=net_cfg.to_dict(),
@@ -81,7 +82,7 @@ def _checkpoint_config(
         event_shape=data.event_shape,
         parametrization=a.parametrization,
         value_range=data.value_range,
-        num_classes=getattr(net_cfg, "num_classes", None),
+        num_classes=net_cfg.num_classes,
         provenance={"source": "cli", "data": a.data, "epoch": epoch},
     )
 
@@ -100,18 +101,24 @@ def cmd_train(a: argparse.Namespace) -> int:
     resume = TrainingState.load(state_path) if a.resume and state_path.exists() else None
     network = build_network(net_cfg)
 
-    def progress(ev: ProgressEvent) -> None:
-        if not a.quiet:
-            print(
-                f"epoch {ev.epoch}/{ev.epochs} step {ev.step}/{ev.steps_per_epoch} loss {ev.loss:.5f} "
-                f"{ev.throws_per_second:,.0f} throws/s",
-                file=sys.stderr,
-                flush=True,
-            )
+    class Hooks(NoHooks):
+        checkpoint_every = 1  # refresh state.safetensors after every epoch
 
-    def milestone(epoch: int, net: torch.nn.Module, state: TrainingState) -> None:
-        cfg = _checkpoint_config(net_cfg, process.spec(), data, a, epoch)
-        (out / f"epoch_{epoch:04d}.safetensors").write_bytes(write_checkpoint(net, cfg))
+        def on_progress(self, event: ProgressEvent) -> None:
+            if not a.quiet:
+                print(
+                    f"epoch {event.epoch}/{event.epochs} step {event.step}/{event.steps_per_epoch} "
+                    f"loss {event.loss:.5f} {event.throws_per_second:,.0f} throws/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        def on_milestone(self, epoch: int, network: torch.nn.Module, state: TrainingState) -> None:
+            cfg = _checkpoint_config(net_cfg, process.spec(), data, a, epoch)
+            (out / f"epoch_{epoch:04d}.safetensors").write_bytes(write_checkpoint(network, cfg))
+
+        def on_checkpoint(self, state: TrainingState) -> None:
+            state.save(state_path)
 
     extra = {"network": net_cfg.to_dict(), "process": process.spec(), "data": a.data}
     started = time.time()
@@ -123,11 +130,8 @@ def cmd_train(a: argparse.Namespace) -> int:
             config,
             parametrization=a.parametrization,
             device=a.device,
-            on_progress=progress,
-            on_milestone=milestone,
+            hooks=Hooks(),
             resume=resume,
-            on_checkpoint=lambda s: s.save(state_path),
-            checkpoint_every=1,
             extra=extra,
         )
     except TrainingCanceled as exc:  # pragma: no cover - no stop condition from the CLI
@@ -163,8 +167,6 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_measure(a: argparse.Namespace) -> int:
-    from models.entropy.estimators import MeasurementConfig, neural_entropy, total_entropy_mixture
-
     model = load_model(Path(a.checkpoint).read_bytes(), device=a.device)
     data, mixture = load_data(a.data, a.n_samples_data, a.data_seed)
     config = MeasurementConfig(n_times=a.n_times, n_samples=a.n_samples, seed=a.seed)
@@ -187,12 +189,8 @@ def cmd_measure(a: argparse.Namespace) -> int:
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
-    from models.sampling import image_grid_png, sample_probability_flow, scatter_png
-
     blob = Path(a.checkpoint).read_bytes()
     model = load_model(blob, device=a.device)
-    from models.checkpoints.io import read_checkpoint
-
     cfg, _ = read_checkpoint(blob)
     labels = None
     if cfg.num_classes:

@@ -1,5 +1,5 @@
 """Data: uploaded arrays as a validated `DataSet`, diagonal Gaussian mixtures with exact scores of
-the diffused density at every time (MATH.md 3), and scikit-learn's bundled 8x8 digits.
+the diffused density at every time (docs/math.md §3.4), and scikit-learn's bundled 8x8 digits.
 
 Scaling rule of `array_dataset` (documented for users):
 - vectors (N, D) are kept as given (`scale="auto"` means `"none"` for vectors);
@@ -195,6 +195,7 @@ def _check_labels(labels: Any, n: int) -> torch.Tensor:
 
 def load_digits() -> DataSet:
     """scikit-learn's bundled 8x8 digits (no download): (1797, 1, 8, 8), [0, 16] -> [-1, 1], labels."""
+    # imported here: scikit-learn is heavy and only this loader needs it
     from sklearn.datasets import load_digits as _sk_digits
 
     bunch = _sk_digits()
@@ -205,9 +206,10 @@ def load_digits() -> DataSet:
 class GaussianMixture:
     """sum_j w_j N(m_j, diag(h_j^2)) in R^D with exact log-densities and scores of its diffusion.
 
-    Under any ForwardProcess the time-s marginal is again a mixture (MATH.md 3):
+    Under any ForwardProcess the time-s marginal is again a mixture (docs/math.md §3.4):
     p_s = sum_j w_j N(mu(s) m_j, diag(mu(s)^2 h_j^2 + Sigma(s)^2)).
-    Parameters are stored in float64; evaluations follow the dtype of their input.
+    Parameters are stored in float64; evaluations follow the dtype of their input. Its entropy
+    h(p_s) by grid quadrature is `models.entropy.closed_forms.mixture_entropy`.
     """
 
     def __init__(self, weights: Any, means: Any, stds: Any) -> None:
@@ -239,7 +241,7 @@ class GaussianMixture:
     def paper(
         cls, n_components: int = 5, dim: int = 2, box: float = 4.0, scale: float = 1.0, seed: int = 0
     ) -> GaussianMixture:
-        """The paper's random mixtures (MATH.md 5): means uniform in [-box/2, box/2]^D, stds uniform
+        """The paper's random mixtures (docs/math.md §5): means uniform in [-box/2, box/2]^D, stds uniform
         in [0.5, 1] * scale per coordinate, weights uniform(0, 1) normalised.
 
         All three are drawn independently from one seeded generator. The paper's own code reused a
@@ -325,14 +327,3 @@ class GaussianMixture:
         diff, var, log_joint = self._marginal(y, s, process)
         resp = torch.softmax(log_joint, dim=1)[:, :, None]
         return -(resp * diff / var).sum(dim=1)
-
-    def entropy_at(self, s: float, process: ForwardProcess, n_grid: int = 801) -> float:
-        """h(p_s) in nats by a tensor-product trapezoid rule (dim <= 2 only; deterministic)."""
-        from models.entropy.quadrature import grid_entropy
-
-        tt = torch.tensor([s], dtype=torch.float64)
-        mu, var = float(process.mean_scale(tt)), float(process.variance(tt))
-        centers, sd = mu * self.means, torch.sqrt(mu**2 * self.stds**2 + var)
-        lo, hi = (centers - 12 * sd).min(dim=0).values, (centers + 12 * sd).max(dim=0).values
-        st = torch.tensor(s, dtype=torch.float64)
-        return grid_entropy(lambda y: self.log_prob_at(y, st, process), lo, hi, n_grid)

@@ -1,12 +1,14 @@
-"""Reading a network's output as e_theta, a score or a noise prediction (MATH.md 2; STYLE.md 3).
+"""Reading a network's output as e_theta, a score or a noise prediction (docs/math.md §2.3).
+
+Networks know nothing of processes; `EntropyMatchingModel` is where a network meets one.
 
     entropy_matching:  e_theta = net(y, s),          score = grad log p_eq(y, s) + e_theta
     score:             score   = net(y, s),          e_theta = score - grad log p_eq(y, s)
     noise:             eps     = net(y, s),          score = -eps / Sigma(s)
 
-The training residual (MATH.md 2) is r = Sigma(s) * score + z; `scaled_score` returns Sigma * score
-without dividing by Sigma for the noise parametrization (it is -eps exactly), so no precision is
-lost near s = 0.
+The training residual (docs/math.md §2.2) is r = Sigma(s) * score + z; `scaled_score` returns
+Sigma * score without dividing by Sigma for the noise parametrization (it is -eps exactly), so no
+precision is lost near s = 0.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def affine_residual(
     s: torch.Tensor,
     z: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, offset) with  Sigma(s) * score + z = scale * net(y, s) + offset  (MATH.md 2 residual).
+    """(scale, offset) with  Sigma(s) * score + z = scale * net(y, s) + offset  (docs/math.md §2.3, residual).
 
     y, z: (B, ...); s: (B,). scale is (B, 1, ...) and offset (B, ...); the residual is affine in the
     network output, so training can draw them once per chunk of throws.

@@ -1,4 +1,4 @@
-"""Forward diffusion processes with affine drift (MATH.md section 1).
+"""Forward diffusion processes with affine drift (docs/math.md §1).
 
 Every process is the SDE  dY = -a(s) Y ds + sigma(s) dB  on s in [t_min, t_max], with the Gaussian
 transition  Y_s | Y_0 = x0 ~ N(mu(s) x0, Sigma(s)^2 I).  A subclass supplies a handful of scalar
@@ -18,7 +18,7 @@ import torch
 
 from models.tensors import append_dims, squared_norm
 
-T_MIN_DEFAULT = 1e-5  # smallest time any process is evaluated at (MATH.md 1, "range")
+T_MIN_DEFAULT = 1e-5  # smallest time any process is evaluated at (docs/math.md §1.3, the range column)
 
 
 class ProcessRangeError(ValueError):
@@ -26,7 +26,7 @@ class ProcessRangeError(ValueError):
 
 
 class ForwardProcess(ABC):
-    """An SDE  dY = -a(s) Y ds + sigma(s) dB  with Gaussian transitions (MATH.md 1)."""
+    """An SDE  dY = -a(s) Y ds + sigma(s) dB  with Gaussian transitions (docs/math.md §1.1)."""
 
     kind: ClassVar[str]
     t_min: float = T_MIN_DEFAULT
@@ -93,7 +93,7 @@ class ForwardProcess(ABC):
         return -(y - mu * x0) / append_dims(self.variance(s), y.ndim)
 
     def equilibrium_score(self, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """grad log p_eq(y, s) = -2 a(s) y / sigma(s)^2 (MATH.md 1)."""
+        """grad log p_eq(y, s) = -2 a(s) y / sigma(s)^2 (docs/math.md §1.2)."""
         return -append_dims(self.equilibrium_precision(s), y.ndim) * y
 
     def equilibrium_log_prob(self, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -105,7 +105,7 @@ class ForwardProcess(ABC):
         return -0.5 * squared_norm(y) / k2 - 0.5 * d * math.log(2.0 * math.pi * k2)
 
     def probability_flow_drift(self, y: torch.Tensor, s: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-        """dy/ds of the probability-flow ODE: b(y, s) - sigma(s)^2 / 2 * score (MATH.md 5)."""
+        """dy/ds of the probability-flow ODE: b(y, s) - sigma(s)^2 / 2 * score (docs/math.md §5)."""
         half_g2 = append_dims(0.5 * self.diffusion_squared(s), y.ndim)
         return self.drift(y, s) - half_g2 * score
 
@@ -119,7 +119,7 @@ class ForwardProcess(ABC):
         """Variance of the Gaussian prior pi = N(0, (mu(T)^2 v + Sigma(T)^2) I) at time T.
 
         With v = k^2 (the default for a proper equilibrium) this is exactly the equilibrium
-        N(0, k^2 I); for VE it is the MATH.md 1 prior N(0, (Sigma(T)^2 + data variance) I).
+        N(0, k^2 I); for VE it is the docs/math.md §1.4 prior N(0, (Sigma(T)^2 + data variance) I).
         """
         t = self.t_max if t is None else t
         v = self.default_data_variance() if data_variance is None else data_variance

@@ -1,4 +1,4 @@
-"""Probability-flow ODE sampling (MATH.md 5) and PNG pictures of samples.
+"""Probability-flow ODE sampling (docs/math.md §5) and PNG pictures of samples.
 
 The probability-flow ODE  dy/ds = b(y, s) - sigma(s)^2 / 2 * score(y, s)  carries p_T back to p_data
 when integrated from s = T down to s = t_min.  Solvers share one signature (k-diffusion style):
@@ -49,8 +49,9 @@ class OdeSolution:
     rejected: int  # rejected steps (adaptive only)
 
 
-def time_grid(t0: float, t1: float, steps: int, rho: float = 2.0) -> list[float]:
-    """steps + 1 times from t0 to t1, spaced as (1 - i/steps)^rho: dense near t1."""
+def ode_step_times(t0: float, t1: float, steps: int, rho: float = 2.0) -> list[float]:
+    """The fixed-step solvers' steps + 1 times from t0 to t1, spaced as (1 - i/steps)^rho: dense
+    near t1. (Not the quadrature grid of the entropy integrals, `models.entropy.quadrature.time_grid`.)"""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     return [t1 + (t0 - t1) * (1.0 - i / steps) ** rho for i in range(steps + 1)]
@@ -71,13 +72,13 @@ def solve_ode(
 ) -> OdeSolution:
     """Integrate dy/dt = f(y, t) from t0 to t1 (either direction).
 
-    euler / heun: `steps` steps on `time_grid(t0, t1, steps, rho)` (heun costs 2 evaluations a step).
+    euler / heun: `steps` steps at `ode_step_times(t0, t1, steps, rho)` (heun costs 2 evaluations a step).
     adaptive: Dormand-Prince 5(4), error RMS over all elements scaled by atol + rtol |y| kept <= 1.
     """
     if solver in ("euler", "heun"):
-        grid = time_grid(t0, t1, steps, rho)
+        times = ode_step_times(t0, t1, steps, rho)
         y, nfe = y0, 0
-        for ta, tb in zip(grid[:-1], grid[1:], strict=True):
+        for ta, tb in zip(times[:-1], times[1:], strict=True):
             h = tb - ta
             k1 = f(y, ta)
             if solver == "euler":
@@ -202,6 +203,7 @@ def image_grid_png(
 
 
 def _png(img: np.ndarray, grey: bool) -> bytes:
+    # matplotlib is imported here: it is heavy and only the PNG helpers need it
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,6 +216,7 @@ def _png(img: np.ndarray, grey: bool) -> bytes:
 
 def scatter_png(x: torch.Tensor | np.ndarray, *, size: float = 4.0, title: str | None = None) -> bytes:
     """PNG bytes of a scatter plot of 2-D samples (N, 2) (first two coordinates if D > 2)."""
+    # matplotlib is imported here: it is heavy and only the PNG helpers need it
     import matplotlib
 
     matplotlib.use("Agg")

@@ -3,7 +3,7 @@
 `CheckpointConfig.from_dict` validates and normalises (every network and process field filled
 in, float fields as floats, finite numbers only), raising `CheckpointError` whose `field` names
 the offending key (`config.<key>`); `merge_config` is how an upload's `config` form field fills
-in or overrides the metadata. Re-exported by models/checkpoint_io.py.
+in or overrides the metadata. Re-exported by `models.checkpoints.io`.
 """
 
 from __future__ import annotations
@@ -15,17 +15,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from models.checkpoints.format import CheckpointError, is_int
+from models.networks.factory import NetworkConfig, network_config_from_dict
+from models.networks.mlp import MLPConfig
+from models.networks.unet import UNetConfig
 from models.parametrization import PARAMETRIZATIONS
 from models.processes import ForwardProcess, process_from_spec
 
 FORMAT_VERSION = 1
 MAX_PROVENANCE_CHARS = 65_536
-
-
-def network_api() -> Any:
-    import models.networks as networks  # SCIENCE-B; imported lazily (heavier, optional for parsing)
-
-    return networks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +31,7 @@ class CheckpointConfig:
 
     network: architecture config dict with "arch" ("mlp" | "unet"), every field filled in.
     parametrization: how the output is read — "entropy_matching" (e_theta), "score", or "noise"
-        (score = -eps / Sigma(s)); see MATH.md 2.
+        (score = -eps / Sigma(s)); see docs/math.md §2.3.
     process: the forward-process spec the network was trained with, every field filled in.
     event_shape: shape of one data point, (D,) or (C, H, W).
     value_range: (lo, hi) of the data the network saw, after scaling (images: [-1, 1]), or None.
@@ -59,9 +56,9 @@ class CheckpointConfig:
     def build_process(self) -> ForwardProcess:
         return process_from_spec(self.process)
 
-    def network_config(self) -> Any:
+    def network_config(self) -> NetworkConfig:
         """The `models.networks` config object (MLPConfig / UNetConfig)."""
-        return network_api().network_config_from_dict(self.network)
+        return network_config_from_dict(self.network)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -139,12 +136,12 @@ def _config_from_dict(d: Mapping[str, Any]) -> CheckpointConfig:
         raise cfg_error("network", "must be an architecture object with 'arch' ('mlp' or 'unet')")
     typed = _typed_network(network)
     try:
-        net_cfg = network_api().network_config_from_dict(typed)
+        net_cfg = network_config_from_dict(typed)
     except (ValueError, TypeError, KeyError) as exc:
         raise cfg_error("network", str(exc)) from None
     if (
-        network.get("arch") == "mlp"
-        and getattr(net_cfg, "event_shape", 0) is None
+        isinstance(net_cfg, MLPConfig)
+        and net_cfg.event_shape is None
         and len(event_shape) > 1
         and math.prod(event_shape) == net_cfg.dim
     ):
@@ -172,8 +169,9 @@ def _strict_json(key: str, value: Any) -> str:
 def _typed_network(network: Mapping[str, Any]) -> dict[str, Any]:
     """Check the JSON types of the network fields against the config dataclass (ints stay ints,
     floats become floats) so that a bad value is named here, not deep inside the network."""
-    api = network_api()
-    cls = {"mlp": api.MLPConfig, "unet": api.UNetConfig}.get(str(network.get("arch")))
+    cls: type[MLPConfig] | type[UNetConfig] | None = {"mlp": MLPConfig, "unet": UNetConfig}.get(
+        str(network.get("arch"))
+    )
     if cls is None:
         return dict(network)
     out = dict(network)
@@ -220,22 +218,23 @@ def _value_range(v: Any) -> tuple[float, float] | None:
     return (float(v[0]), float(v[1]))
 
 
-def _check_network_fits(net_cfg: Any, event_shape: tuple[int, ...], num_classes: int | None) -> int | None:
+def _check_network_fits(
+    net_cfg: NetworkConfig, event_shape: tuple[int, ...], num_classes: int | None
+) -> int | None:
     """The network must take data of `event_shape`; class counts must agree. Returns num_classes."""
     expected = network_event_shape(net_cfg)
-    if expected is not None and expected != event_shape:
+    if expected != event_shape:
         raise cfg_error("event_shape", f"{list(event_shape)} does not fit the network, which takes {list(expected)}")
-    net_classes = getattr(net_cfg, "num_classes", None)
+    net_classes = net_cfg.num_classes
     if net_classes is not None and num_classes is not None and net_classes != num_classes:
         raise cfg_error("num_classes", f"{num_classes} but the network is conditioned on {net_classes} classes")
     return num_classes if num_classes is not None else net_classes
 
 
-def network_event_shape(net_cfg: Any) -> tuple[int, ...] | None:
+def network_event_shape(net_cfg: NetworkConfig) -> tuple[int, ...]:
     """The shape of one sample a network config takes: (D,) or event_shape for an MLP, (C, H, W)
     for a U-Net (its `shape`)."""
-    shape = getattr(net_cfg, "shape", None)
-    return None if shape is None else tuple(int(n) for n in shape)
+    return tuple(int(n) for n in net_cfg.shape)
 
 
 _MERGED_OBJECTS = {"network": "arch", "process": "kind", "provenance": None}

@@ -20,8 +20,8 @@ Stable API (used by the service and the worker):
 - `merge_config(base, overrides)`: how an upload's `config` form field fills in / overrides.
 Every problem raises `CheckpointError(ValueError)` (`code`, `field`, `offending`); a file over the
 size cap raises its subclass `CheckpointTooLarge`; pickles/zips/other formats `NotSafetensors`.
-The container checks live in models/checkpoint_format.py and the config in
-models/checkpoint_config.py; import everything from here.
+The container checks live in `models.checkpoints.format` and the config in
+`models.checkpoints.config`; import everything from here.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import functools
 import itertools
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load as _st_load
@@ -42,7 +42,6 @@ from models.checkpoints.config import (
     CheckpointConfig,
     cfg_error,
     merge_config,
-    network_api,
 )
 from models.checkpoints.format import (
     DEFAULT_MAX_BYTES,
@@ -54,9 +53,8 @@ from models.checkpoints.format import (
     bad_header,
     parse_header,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from models.parametrization import EntropyMatchingModel
+from models.networks.factory import build_network, network_config_from_dict
+from models.parametrization import EntropyMatchingModel
 
 METADATA_KEY = "neural_entropy"
 MAX_LISTED = 10  # offending tensors listed in an architecture-mismatch error
@@ -166,13 +164,12 @@ def expected_tensors(config: CheckpointConfig) -> dict[str, tuple[tuple[int, ...
 
 @functools.lru_cache(maxsize=32)
 def _expected_for(network_json: str) -> tuple[tuple[str, tuple[tuple[int, ...], torch.dtype]], ...]:
-    api = network_api()
-    net_cfg = api.network_config_from_dict(json.loads(network_json))
+    net_cfg = network_config_from_dict(json.loads(network_json))
     try:
         with torch.device("meta"):  # shapes only: no memory for the weights
-            net = api.build_network(net_cfg)
+            net = build_network(net_cfg)
     except Exception:  # an initialiser that needs real tensors
-        net = api.build_network(net_cfg)
+        net = build_network(net_cfg)
     return tuple((k, (tuple(v.shape), v.dtype)) for k, v in net.state_dict().items())
 
 
@@ -235,8 +232,6 @@ def load_model(
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> EntropyMatchingModel:
     """An `EntropyMatchingModel` (eval mode, on `device`) from file bytes or (config, tensors)."""
-    from models.parametrization import EntropyMatchingModel
-
     if isinstance(source, bytes | bytearray | memoryview):
         config, tensors = read_checkpoint(bytes(source), max_bytes)
     else:
@@ -251,15 +246,14 @@ def load_model(
 def _network_with(config: CheckpointConfig, tensors: dict[str, torch.Tensor]) -> torch.nn.Module:
     """The network of `config` holding `tensors` (checked), built without random initialisation
     (meta device, then the tensors are assigned) when the architecture allows it."""
-    api = network_api()
     net_cfg = config.network_config()
     try:
         with torch.device("meta"):
-            network = api.build_network(net_cfg)
+            network = build_network(net_cfg)
         network.load_state_dict(tensors, strict=True, assign=True)
         if any(t.is_meta for t in itertools.chain(network.parameters(), network.buffers())):
             raise RuntimeError("a tensor outside the state dict stayed on the meta device")
     except Exception:  # an architecture that needs real tensors at construction
-        network = api.build_network(net_cfg)
+        network = build_network(net_cfg)
         network.load_state_dict(tensors, strict=True)
     return network

@@ -4,7 +4,7 @@
 - `quadrature`: time grids (Gauss-Lobatto panels in log-SNR) and grid integrals;
 - `montecarlo`: stratified Monte Carlo per grid node with Neyman allocation;
 - `control_variates`: the sources of x0 and the features whose means are known exactly;
-- `closed_forms`: S_tot of Gaussian data and of mixtures by grid quadrature.
+- `closed_forms`: S_tot of Gaussian data; entropies h(p_s) and S_tot of mixtures by grid quadrature.
 """
 
 from models.entropy.estimators import (

@@ -1,8 +1,9 @@
-"""Closed forms and deterministic references for the total entropy S_tot (MATH.md 3), in nats.
+"""Closed forms and deterministic references for the total entropy S_tot (docs/math.md §3.3), in nats.
 
 For a proper, time-independent equilibrium (VP, VP_cosine, SL), S_tot from t0 to t is
 KL(p_t0 || p_eq) - KL(p_t || p_eq) = [h(p_t) - h(p_t0)] + [CE(p_t0) - CE(p_t)] with CE the
 cross-entropy E[-log p_eq]; for VE's flat equilibrium CE is 0 and S_tot = h(p_t) - h(p_t0).
+For Gaussian mixtures in D <= 2 (docs/math.md §3.4) h(p_s) comes from a grid rule (`mixture_entropy`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 
 from models.data import GaussianMixture
+from models.entropy.quadrature import grid_entropy
 from models.processes import ForwardProcess
 
 
@@ -41,7 +43,7 @@ def check_end(process: ForwardProcess, t: float | None, t_start: float) -> float
 def total_entropy_gaussian(
     mean: Any, std: Any, process: ForwardProcess, t: float | None = None, *, t_start: float = 0.0
 ) -> float:
-    """Closed-form S_tot from t_start to t for data N(mean, diag(std^2)) (MATH.md 3), nats:
+    """Closed-form S_tot from t_start to t for data N(mean, diag(std^2)) (docs/math.md §3.3), nats:
     KL(p_t0 || p_eq) - KL(p_t || p_eq), or h(p_t) - h(p_t0) for a flat equilibrium (VE)."""
     m = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
     h = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
@@ -68,5 +70,16 @@ def total_entropy_mixture_exact(
     mean, second = mixture.mean(), mixture.second_moment()
     ce0 = gaussian_terms(process, t_start, mean, second)[1]
     ce1 = gaussian_terms(process, t, mean, second)[1]
-    h0, h1 = mixture.entropy_at(t_start, process, n_grid), mixture.entropy_at(t, process, n_grid)
+    h0, h1 = mixture_entropy(mixture, process, t_start, n_grid), mixture_entropy(mixture, process, t, n_grid)
     return (h1 - h0) + (ce0 - ce1)
+
+
+def mixture_entropy(mixture: GaussianMixture, process: ForwardProcess, s: float, n_grid: int = 801) -> float:
+    """h(p_s) in nats of the diffused mixture at time s: a tensor-product trapezoid rule with
+    n_grid points per axis over the box of +-12 component stds (D <= 2 only; deterministic)."""
+    tt = torch.tensor([s], dtype=torch.float64)
+    mu, var = float(process.mean_scale(tt)), float(process.variance(tt))
+    centers, sd = mu * mixture.means, torch.sqrt(mu**2 * mixture.stds**2 + var)
+    lo, hi = (centers - 12 * sd).min(dim=0).values, (centers + 12 * sd).max(dim=0).values
+    st = torch.tensor(s, dtype=torch.float64)
+    return grid_entropy(lambda y: mixture.log_prob_at(y, st, process), lo, hi, n_grid)

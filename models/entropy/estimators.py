@@ -1,11 +1,11 @@
-"""Neural entropy, total entropy, density bound and data entropy (MATH.md 3), estimated well (MATH.md 4).
+"""Neural entropy, total entropy, density bound and data entropy (docs/math.md §3), estimated well (§4).
 
 Every quantity is a time integral of an expectation over x0 and z. The estimator
 (`models.entropy.montecarlo.stratified_mc` on a `models.entropy.quadrature.time_grid`):
 - nodes: composite Gauss-Lobatto in log-SNR, where the integrand Sigma^2/2 E||e||^2 per unit
-  log-SNR stays bounded (MATH.md 4); the rate curve, the cumulative curve and the total come from
-  the same evaluations. (The paper: 100 uniform times on [1e-5, 1], trapezoid rule, one batch of
-  x0 reused at every time.)
+  log-SNR stays bounded (docs/math.md §4.1); the rate curve, the cumulative curve and the total
+  come from the same evaluations. (The paper: 100 uniform times on [1e-5, 1], trapezoid rule,
+  one batch of x0 reused at every time.)
 - every throw has its own x0 (uniform with replacement from the data pool, or a fresh mixture
   draw) and its own z; antithetic pairs (x0, z), (x0, -z) are an option, off by default because
   with the control variates below independent x0 measured better (bench/bench_estimators.py);
@@ -40,13 +40,13 @@ from models.tensors import append_dims, squared_norm
 
 __all__ = [
     "DensityBound", "EThetaFn", "EntropyCurve", "EntropyResult", "Estimate", "MeasurementConfig", "ScoreFn",
-    "data_entropy", "density_bound", "neural_entropy", "total_entropy_gaussian", "total_entropy_mixture",
+    "LN2", "data_entropy", "density_bound", "neural_entropy", "total_entropy_gaussian", "total_entropy_mixture",
     "total_entropy_mixture_exact",
 ]
 
 EThetaFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 ScoreFn = EThetaFn  # score_fn(y, s, labels) -> grad log p_s(y), same shape as y
-LN2 = math.log(2.0)
+LN2 = math.log(2.0)  # nats per bit: bits = nats / LN2 (the one definition; import it from here)
 MAX_BATCH_ELEMENTS = 1 << 23  # batch * D cap: the float64 control-variate work stays ~64 MB a tensor
 
 
@@ -171,7 +171,7 @@ class EntropyResult:
 
 @dataclass(frozen=True)
 class DensityBound:
-    """Upper bound on the average -log p(x) (MATH.md 3): nats per sample, bits per dimension."""
+    """Upper bound on the average -log p(x) (docs/math.md §3.5): nats per sample, bits per dimension."""
 
     nats: Estimate
     bits_per_dim: Estimate
@@ -258,7 +258,7 @@ class _GaussianFit(Integrand):
 
 
 class _RateIntegrand(_GaussianFit):
-    """sigma^2/2 ||e_theta(y, s)||^2 (MATH.md 3); Gaussian fit: e_G = p y - (y - mu m)/v."""
+    """sigma^2/2 ||e_theta(y, s)||^2 (docs/math.md §3.1); Gaussian fit (§4.3): e_G = p y - (y - mu m)/v."""
 
     def __call__(self, x0, labels, z, t):  # type: ignore[no-untyped-def]
         e, v, dev, zf = self._evaluate(x0, labels, z, t)
@@ -277,9 +277,9 @@ class _RateIntegrand(_GaussianFit):
 
 
 class _BoundIntegrand(_GaussianFit):
-    """1/2 [sigma^2 ||s_theta||^2 + 2 sigma^2/Sigma <s_theta, z> + 2 a D]: MATH.md 3's integrand
-    sigma^2 ||s_theta - grad log p(y|x)||^2 - sigma^2 ||grad log p(y|x)||^2 + 2 a D, halved and
-    expanded (grad log p(y|x) = -z / Sigma) so that nothing cancels."""
+    """1/2 [sigma^2 ||s_theta||^2 + 2 sigma^2/Sigma <s_theta, z> + 2 a D]: the integrand of
+    docs/math.md §3.5, sigma^2 ||s_theta - grad log p(y|x)||^2 - sigma^2 ||grad log p(y|x)||^2 + 2 a D,
+    halved and expanded (grad log p(y|x) = -z / Sigma) so that nothing cancels."""
 
     def __call__(self, x0, labels, z, t):  # type: ignore[no-untyped-def]
         score, v, dev, zf = self._evaluate(x0, labels, z, t)
@@ -347,7 +347,7 @@ def neural_entropy(
     labels: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
 ) -> EntropyResult:
-    """S_NN(T) = int sigma^2/2 E||e_theta(y_s, s)||^2 ds (MATH.md 3) over x0 drawn from the pool
+    """S_NN(T) = int sigma^2/2 E||e_theta(y_s, s)||^2 ds (docs/math.md §3.1) over x0 drawn from the pool
     `x0` (N, ...) (held-out data), with its rate and cumulative curves; nats."""
     config = config or MeasurementConfig()
     x0, labels = _check_pool(x0, labels)
@@ -387,7 +387,7 @@ def density_bound(
     value_range: tuple[float, float] | None = None,
     device: torch.device | str = "cpu",
 ) -> DensityBound:
-    """Average over x (N, ...) of the bound on -log p_theta(x) (MATH.md 3), integral over
+    """Average over x (N, ...) of the bound on -log p_theta(x) (docs/math.md §3.5), integral over
     [t_min, T]; pi = process prior at T (`data_variance` as in `ForwardProcess.prior_variance`).
     bits/dim = nats / (D ln 2) + log2(256 / (hi - lo)) when `value_range` (8-bit data) is given."""
     config = config or MeasurementConfig()
@@ -414,7 +414,7 @@ def density_bound(
 def data_entropy(
     neural: EntropyResult | Estimate, process: ForwardProcess, x0: torch.Tensor, *, t: float | None = None
 ) -> Estimate:
-    """h(p_data) ~ E[-log p_eq(x)] - S_NN(T) - KL(p_T || p_eq) (MATH.md 3), nats, with the last
+    """h(p_data) ~ E[-log p_eq(x)] - S_NN(T) - KL(p_T || p_eq) (docs/math.md §3.6), nats, with the last
     term from a Gaussian fit of p_T (for VE: h(p_T) of the fit, the flat p_eq contributing 0)."""
     total = neural.total if isinstance(neural, EntropyResult) else neural
     if isinstance(neural, EntropyResult):

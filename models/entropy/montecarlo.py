@@ -1,4 +1,4 @@
-"""Stratified Monte Carlo over a time grid (MATH.md 4): the engine behind `models.entropy.estimators`.
+"""Stratified Monte Carlo over a time grid (docs/math.md §4): the engine behind `models.entropy.estimators`.
 
 At every node s_i of a `TimeGrid` the engine estimates E[f(x0, z, s_i)] from its own fresh throws
 (x0 from a `Source`, z ~ N(0, I), optionally in antithetic pairs). Per node, control variates

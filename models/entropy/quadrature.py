@@ -1,4 +1,4 @@
-"""Time grids for the entropy integrals (MATH.md 4), and a grid rule for low-dimensional entropies.
+"""Time grids for the entropy integrals (docs/math.md §4.1), and a grid rule for low-dimensional entropies.
 
 A `TimeGrid` holds nodes s_i in [t_start, t_end], weights w_i (in units of s) with
 int_{t_start}^{t_end} r(s) ds ~ sum_i w_i r(s_i), and a cumulative matrix C with

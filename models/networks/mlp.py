@@ -1,4 +1,4 @@
-"""Networks that map (x, s) to a tensor shaped like x (MATH.md 2, 5; STYLE.md 3).
+"""Networks that map (x, s) to a tensor shaped like x (docs/math.md §2.1, §5).
 
 The paper's MLP core (Premkumar, "Neural Entropy", section 5 and its JAX code): fixed Gaussian
 random Fourier features of x and of s, each followed by Dense + sigmoid, then hidden layers
@@ -28,7 +28,7 @@ LAYER_NORM_EPS = 1e-6  # Flax's LayerNorm default, as in the paper's code
 
 @dataclass(frozen=True)
 class MLPConfig:
-    """The paper's MLP core; defaults are the paper's (MATH.md 5)."""
+    """The paper's MLP core; defaults are the paper's (docs/math.md §5)."""
 
     dim: int  # D: numbers per sample (the product of event_shape)
     fourier_features: int = 256  # random frequencies per input; sin and cos give twice as many

@@ -1,4 +1,4 @@
-"""Entropy-matching training (MATH.md 2): Adam on  L = E lambda(s) || Sigma(s) score(y, s) + z ||^2.
+"""Entropy-matching training (docs/math.md §2.2): Adam on  L = E lambda(s) || Sigma(s) score(y, s) + z ||^2.
 
 Each optimizer step takes `batch_size` data points and expands each into `num_steps` throws
 (x0, s, z), s ~ U(t_min, t_max), z ~ N(0, I), y = mu(s) x0 + Sigma(s) z.  Randomness: the data order
@@ -6,6 +6,7 @@ of epoch e comes from a generator seeded by (seed, e) and the throws of every ch
 seeded by (seed, e, chunk) on the training device, so a run can stop after any step and resume from
 its `TrainingState` bit for bit (on CPU; CUDA kernels may be non-deterministic).  Throws are drawn a
 chunk (up to ~32 MB) at a time and perturbed in one pass; the per-step work is the network.
+The caller follows a run through one `TrainingHooks` object (`models.training.hooks`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from torch import nn
 from models.parametrization import EntropyMatchingModel, Parametrization, affine_residual
 from models.processes import ForwardProcess
 from models.tensors import append_dims, squared_norm
-from models.training.schedules import ProgressEvent, lr_at, tune_cpu_allocator
+from models.training.cpu import tune_cpu_allocator
+from models.training.hooks import ProgressEvent, TrainingHooks
+from models.training.schedules import lr_at
 from models.training.state import TrainingState, load_optimizer_state, optimizer_state
 
 Weighting = Literal["unit", "likelihood"]
@@ -34,7 +37,7 @@ CHUNK_BYTES = 32 * 2**20  # throws drawn at once: about this many bytes of y and
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Training settings; defaults are the paper's mixture runs (MATH.md 5)."""
+    """Training settings; defaults are the paper's mixture runs (docs/math.md §5)."""
 
     epochs: int = 100  # passes over the training set
     batch_size: int = 40  # data points per optimizer step (the last batch may be smaller)
@@ -45,7 +48,7 @@ class TrainingConfig:
     grad_clip: float | None = None  # clip the global gradient norm to this; None: no clipping
     ema_decay: float | None = None  # keep an EMA of the weights (e.g. 0.999); milestones get it
     ema_warmup: bool = True  # EMA decay min(ema_decay, (1 + n) / (10 + n)) at step n: no init bias
-    milestones: tuple[int, ...] = ()  # completed epochs at which on_milestone gets the model
+    milestones: tuple[int, ...] = ()  # completed epochs at which hooks.on_milestone gets the model
     lr_schedule: LrSchedule = "constant"  # "cosine": lr -> lr * lr_final_fraction by the last step
     lr_final_fraction: float = 0.0  # end of the cosine schedule, as a fraction of lr
     warmup_steps: int = 0  # linear learning-rate warm-up over this many steps
@@ -95,7 +98,7 @@ _RESUMABLE_CHANGES = {"epochs", "milestones"}
 
 
 class TrainingCanceled(Exception):  # noqa: N818 (a status, not an error)
-    """should_stop() said stop; `.state` resumes the run from where it stopped."""
+    """hooks.should_stop() said stop; `.state` resumes the run from where it stopped."""
 
     def __init__(self, state: TrainingState) -> None:
         super().__init__(f"training canceled at epoch {state.epoch}, step {state.step}")
@@ -135,7 +138,7 @@ def entropy_matching_loss(
     weighting: Weighting = "unit",
     labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """MATH.md 2: mean over throws of lambda(s) ||(grad log p_eq(y, s) + e_theta(y, s)) Sigma(s) + z||^2.
+    """docs/math.md §2.2: mean over throws of lambda(s) ||(grad log p_eq(y, s) + e_theta(y, s)) Sigma(s) + z||^2.
 
     x0, z: (B, ...); s: (B,); y = mu(s) x0 + Sigma(s) z. Returns a scalar (nats-free, per throw).
     """
@@ -158,22 +161,22 @@ class _Throws:
     """The pre-drawn throws of one chunk of steps: y, s, z, Sigma, lambda, labels, per-step offsets."""
 
     def __init__(self, trainer: _Trainer, epoch: int, chunk: int, order: torch.Tensor) -> None:
-        t = trainer
-        first, last = chunk * t.chunk_steps, min((chunk + 1) * t.chunk_steps, t.steps_per_epoch)
-        idx = order[first * t.batch : min(last * t.batch, t.n_used)].to(t.device)
-        gen = torch.Generator(device=t.device).manual_seed(_seed(t.config.seed, _THROWS, epoch, chunk))
-        k = t.config.num_steps
-        x0 = t.x.index_select(0, idx).repeat_interleave(k, dim=0)
-        self.labels = None if t.labels is None else t.labels.index_select(0, idx).repeat_interleave(k)
-        s = torch.rand(x0.shape[0], generator=gen, device=t.device, dtype=x0.dtype)
-        self.s = t.t_lo + (t.t_hi - t.t_lo) * s
-        self.z = torch.randn(x0.shape, generator=gen, device=t.device, dtype=x0.dtype)
-        self.y = t.process.perturb(x0, self.s, self.z)
+        tr, config, device = trainer, trainer.config, trainer.device
+        first, last = chunk * tr.chunk_steps, min((chunk + 1) * tr.chunk_steps, tr.steps_per_epoch)
+        idx = order[first * tr.batch : min(last * tr.batch, tr.n_used)].to(device)
+        gen = torch.Generator(device=device).manual_seed(_seed(config.seed, _THROWS, epoch, chunk))
+        k = config.num_steps
+        x0 = tr.x.index_select(0, idx).repeat_interleave(k, dim=0)
+        self.labels = None if tr.labels is None else tr.labels.index_select(0, idx).repeat_interleave(k)
+        u = torch.rand(x0.shape[0], generator=gen, device=device, dtype=x0.dtype)
+        self.s = tr.t_lo + (tr.t_hi - tr.t_lo) * u
+        self.z = torch.randn(x0.shape, generator=gen, device=device, dtype=x0.dtype)
+        self.y = tr.process.perturb(x0, self.s, self.z)
         # residual Sigma * score + z = scale * net(y, s) + offset (models.parametrization)
-        self.scale, self.offset = affine_residual(t.process, t.model.parametrization, self.y, self.s, self.z)
-        self.weight = None if t.config.weighting == "unit" else loss_weight(t.process, self.s, t.config.weighting)
+        self.scale, self.offset = affine_residual(tr.process, tr.model.parametrization, self.y, self.s, self.z)
+        self.weight = None if config.weighting == "unit" else loss_weight(tr.process, self.s, config.weighting)
         self.first = first
-        self.bounds = [min(i * t.batch, t.n_used) * k for i in range(first, last + 1)]
+        self.bounds = [min(i * tr.batch, tr.n_used) * k for i in range(first, last + 1)]
         self.bounds = [b - self.bounds[0] for b in self.bounds]
 
     def step(self, i: int) -> tuple[slice, torch.Tensor | None]:
@@ -299,10 +302,10 @@ class _Trainer:
         self.global_step += 1
         return n
 
-    def _loss(self, t: _Throws, sl: slice, labels: torch.Tensor | None) -> torch.Tensor:
-        out = self.model.network(t.y[sl], t.s[sl], labels)
-        sq = squared_norm(torch.addcmul(t.offset[sl], t.scale[sl], out))
-        return (sq if t.weight is None else sq * t.weight[sl]).mean()
+    def _loss(self, throws: _Throws, sl: slice, labels: torch.Tensor | None) -> torch.Tensor:
+        out = self.model.network(throws.y[sl], throws.s[sl], labels)
+        sq = squared_norm(torch.addcmul(throws.offset[sl], throws.scale[sl], out))
+        return (sq if throws.weight is None else sq * throws.weight[sl]).mean()
 
 
 def train(
@@ -313,24 +316,20 @@ def train(
     *,
     parametrization: Parametrization = "entropy_matching",
     device: torch.device | str = "cpu",
-    on_progress: Callable[[ProgressEvent], None] | None = None,
-    progress_every: int | None = None,
-    on_milestone: Callable[[int, nn.Module, TrainingState], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    hooks: TrainingHooks | None = None,
     resume: TrainingState | None = None,
-    on_checkpoint: Callable[[TrainingState], None] | None = None,
-    checkpoint_every: int | None = None,
     extra: dict[str, Any] | None = None,
 ) -> TrainingResult:
     """Train `network` (moved to `device`, updated in place) on `data` (a DataSet: .x (N, ...),
-    .labels) by entropy matching.
+    .labels) by entropy matching, continuing from `resume` when given.
 
-    on_progress gets a ProgressEvent every `progress_every` steps (default: about once a second) and
-    at the end of each epoch; on_milestone(epoch, network, state) runs after each epoch in
-    config.milestones with the EMA network when kept (eval mode; do not modify it);
-    on_checkpoint(state) runs after milestones and every `checkpoint_every` epochs. should_stop()
-    is asked before every step; when it says True, TrainingCanceled(state) is raised. `extra` is
-    stored in every state (e.g. network config and process spec).
+    `hooks` (see `TrainingHooks`): on_progress gets a ProgressEvent every `hooks.progress_every`
+    steps (None: about once a second) and at the end of each epoch; on_milestone(epoch, network,
+    state) runs after each epoch in config.milestones with the EMA network when kept (eval mode;
+    do not modify it); on_checkpoint(state) runs after milestones and every
+    `hooks.checkpoint_every` epochs. should_stop() is asked before every step; when it says True,
+    TrainingCanceled(state) is raised. `extra` is stored in every state (e.g. network config and
+    process spec).
     """
     device = torch.device(device)
     if device.type == "cpu":
@@ -345,64 +344,58 @@ def train(
         order = torch.randperm(len(tr.x), generator=torch.Generator().manual_seed(_seed(config.seed, _ORDER, tr.epoch)))
         throws: _Throws | None = None
         while tr.step < tr.steps_per_epoch:
-            if should_stop is not None and should_stop():
+            if hooks is not None and hooks.should_stop():
                 raise TrainingCanceled(tr.state(extra))
             chunk = tr.step // tr.chunk_steps
             if throws is None or throws.first != chunk * tr.chunk_steps:
                 throws = _Throws(tr, tr.epoch, chunk, order)
             tr.train_step(throws, tr.step)
-            end_of_epoch = tr.step == tr.steps_per_epoch
+            if hooks is None:
+                continue
             now = time.perf_counter()
-            due = (tr.global_step - last_report >= progress_every) if progress_every else now - report_time >= 1.0
-            if on_progress is not None and (due or end_of_epoch):
+            every = hooks.progress_every
+            due = (tr.global_step - last_report >= every) if every else now - report_time >= 1.0
+            if due or tr.step == tr.steps_per_epoch:
                 total = float(tr.loss_sum)
-                loss = (total - report_loss) / max(tr.loss_count - report_count, 1)
                 rate = (tr.global_step - last_report) * tr.batch / max(now - report_time, 1e-9)
-                on_progress(
-                    ProgressEvent(
-                        tr.epoch + 1,
-                        config.epochs,
-                        tr.step,
-                        tr.steps_per_epoch,
-                        loss,
-                        rate,
-                        rate * config.num_steps,
-                        tr.global_step,
-                    )
+                event = ProgressEvent(
+                    epoch=tr.epoch + 1,
+                    epochs=config.epochs,
+                    step=tr.step,
+                    steps_per_epoch=tr.steps_per_epoch,
+                    loss=(total - report_loss) / max(tr.loss_count - report_count, 1),
+                    samples_per_second=rate,
+                    throws_per_second=rate * config.num_steps,
+                    global_step=tr.global_step,
                 )
+                hooks.on_progress(event)
                 last_report, report_time, report_loss, report_count = tr.global_step, now, total, tr.loss_count
         tr.losses.append(float(tr.loss_sum) / max(tr.loss_count, 1))
         tr.epoch, tr.step = tr.epoch + 1, 0
         tr.loss_sum.zero_()
         tr.loss_count = report_count = 0
         report_loss = 0.0
-        _after_epoch(tr, config, extra, on_milestone, on_checkpoint, checkpoint_every)
+        if hooks is not None:
+            _after_epoch(tr, config, extra, hooks)
     seconds = time.perf_counter() - start
     return TrainingResult(
         tr.model.network, tr.ema, tr.state(extra), list(tr.losses), seconds, tr.throws_done / max(seconds, 1e-9)
     )
 
 
-def _after_epoch(
-    tr: _Trainer,
-    config: TrainingConfig,
-    extra: dict[str, Any],
-    on_milestone: Callable[[int, nn.Module, TrainingState], None] | None,
-    on_checkpoint: Callable[[TrainingState], None] | None,
-    checkpoint_every: int | None,
-) -> None:
+def _after_epoch(tr: _Trainer, config: TrainingConfig, extra: dict[str, Any], hooks: TrainingHooks) -> None:
+    """The milestone and checkpoint calls after epoch `tr.epoch` (just completed)."""
     milestone = tr.epoch in config.milestones
-    periodic = checkpoint_every is not None and tr.epoch % checkpoint_every == 0
-    if not (milestone or periodic) or (on_milestone is None and on_checkpoint is None):
+    periodic = hooks.checkpoint_every is not None and tr.epoch % hooks.checkpoint_every == 0
+    if not (milestone or periodic):
         return
     state = tr.state(extra)
-    if milestone and on_milestone is not None:
+    if milestone:
         net = tr.ema if tr.ema is not None else tr.model.network
         net.eval()
         try:
-            on_milestone(tr.epoch, net, state)
+            hooks.on_milestone(tr.epoch, net, state)
         finally:
             if tr.ema is None:
                 net.train()
-    if on_checkpoint is not None:
-        on_checkpoint(state)
+    hooks.on_checkpoint(state)

@@ -3,7 +3,7 @@
 `TrainingState` holds the network weights, the Adam moments and step counts, the EMA weights, the
 position in the run (epoch, step) and the loss accumulators.  The random streams need no stored
 state: data order and noise are drawn from generators seeded by (seed, epoch, chunk) (see
-models.training), so a run resumed from a state repeats the uninterrupted run bit for bit on CPU.
+models.training.loop), so a run resumed from a state repeats the uninterrupted run bit for bit on CPU.
 
 File layout: one safetensors blob; tensors are named "model/<name>", "ema/<name>" and
 "optim/<param index>/<key>"; its `__metadata__` has one key, "training_state", a JSON object with

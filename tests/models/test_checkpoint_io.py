@@ -2,7 +2,7 @@
 
 Round trips, every kind of bad file refused with its own clear error (and never unpickled), the
 architecture check listing offending tensors, config validation and overrides, the score / noise
-parametrizations against MATH.md 2 closed forms, and the README export example.
+parametrizations against docs/math.md §2.3 closed forms, and the README export example.
 """
 
 from __future__ import annotations
@@ -382,7 +382,7 @@ def test_merge_config_rules() -> None:
     assert merge_config(None, {"a": 1}) == {"a": 1} and merge_config(base, None) == base
 
 
-# ---- parametrizations (MATH.md 2) ----
+# ---- parametrizations (docs/math.md §2.3) ----
 def _vp_closed_form(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sigma(s) and the equilibrium precision 1/kappa^2 of VP(0.1, 16, 1), by hand."""
     log_mu = -0.1 * s / 2 - (16.0 - 0.1) * s**2 / 4

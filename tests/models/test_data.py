@@ -190,12 +190,3 @@ def test_bad_mixture_parameters_raise() -> None:
         GaussianMixture([1.0], [[float("nan")]], [[1.0]])
     with pytest.raises(ValueError, match="expected points"):
         GaussianMixture([1.0], [[0.0]], [[1.0]]).log_prob(torch.zeros(3, 2))
-
-
-def test_entropy_at_of_a_single_gaussian() -> None:
-    g = GaussianMixture([1.0], [[0.3, -0.2]], [[0.5, 0.9]])
-    process = VP()
-    s = torch.tensor([0.2], dtype=torch.float64)
-    v = process.mean_scale(s) ** 2 * g.stds[0] ** 2 + process.variance(s)
-    exact = 0.5 * float(torch.log(2 * math.pi * math.e * v).sum())
-    assert g.entropy_at(0.2, process) == pytest.approx(exact, rel=1e-9)

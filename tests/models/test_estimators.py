@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from models.data import GaussianMixture
+from models.entropy.closed_forms import mixture_entropy
 from models.entropy.estimators import (
     MeasurementConfig,
     data_entropy,
@@ -162,13 +163,22 @@ def test_density_bound_with_exact_score_sits_on_exact_nll() -> None:
     assert eight_bit.offset_bits_per_dim == 7.0
 
 
+def test_mixture_entropy_of_a_single_gaussian() -> None:
+    g = GaussianMixture([1.0], [[0.3, -0.2]], [[0.5, 0.9]])
+    process = VP()
+    s = torch.tensor([0.2], dtype=torch.float64)
+    v = process.mean_scale(s) ** 2 * g.stds[0] ** 2 + process.variance(s)
+    exact = 0.5 * float(torch.log(2 * math.pi * math.e * v).sum())
+    assert mixture_entropy(g, process, 0.2) == pytest.approx(exact, rel=1e-9)
+
+
 def test_data_entropy_recovers_the_mixture_entropy() -> None:
     process = VP()
     s_tot = total_entropy_mixture(MIX, process, MeasurementConfig(n_samples=20000, t_min=process.t_min))
     pool = MIX.sample(50000, torch.Generator().manual_seed(9), dtype=torch.float64)
     assert isinstance(pool, torch.Tensor)
     h = data_entropy(s_tot, process, pool)
-    h_exact = MIX.entropy_at(process.t_min, process)
+    h_exact = mixture_entropy(MIX, process, process.t_min)
     assert abs(h.mean - h_exact) < 3 * h.stderr + 0.01
 
 

@@ -1,4 +1,4 @@
-"""models.parametrization: e_theta / score / noise readings agree with MATH.md 2 closed forms.
+"""models.parametrization: e_theta / score / noise readings agree with docs/math.md §2.3 closed forms.
 
 The "networks" here are exact: for Gaussian data N(m, h^2) the diffused density is
 N(mu m, mu^2 h^2 + Sigma^2), so score, noise and e_theta are known in closed form.

@@ -30,7 +30,7 @@ def test_equilibrium_score_is_gradient_of_equilibrium_log_prob(process: ForwardP
 
 @pytest.mark.parametrize("process", PROCESSES, ids=IDS)
 def test_mean_scale_and_variance_solve_their_odes(process: ForwardProcess) -> None:
-    """d ln mu / ds = -a and d Sigma^2 / ds = sigma^2 - 2 a Sigma^2 (MATH.md 1), by autograd."""
+    """d ln mu / ds = -a and d Sigma^2 / ds = sigma^2 - 2 a Sigma^2 (docs/math.md §1.1), by autograd."""
     s = torch.linspace(0.02, 0.95 * process.t_max, 9, dtype=torch.float64, requires_grad=True)
     dlogmu, dvar = grad(process.log_mean_scale(s), s), grad(process.variance(s), s)
     s = s.detach()

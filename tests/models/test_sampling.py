@@ -15,10 +15,10 @@ from models.processes import SL, VE, VP, ForwardProcess, ProcessRangeError, VPCo
 from models.sampling import (
     image_grid_png,
     integrate_probability_flow,
+    ode_step_times,
     sample_probability_flow,
     scatter_png,
     solve_ode,
-    time_grid,
 )
 
 MEAN = torch.tensor([1.5, -0.5], dtype=torch.float64)
@@ -60,10 +60,10 @@ def test_adaptive_solver_meets_its_tolerance() -> None:
     assert sol.nfe == 1 + 6 * (sol.steps + sol.rejected)
 
 
-def test_time_grid_runs_from_start_to_end_densest_at_the_end() -> None:
-    grid = time_grid(1.0, 1e-5, 10)
-    assert grid[0] == 1.0 and grid[-1] == pytest.approx(1e-5)
-    gaps = [a - b for a, b in zip(grid[:-1], grid[1:], strict=True)]
+def test_ode_step_times_run_from_start_to_end_densest_at_the_end() -> None:
+    times = ode_step_times(1.0, 1e-5, 10)
+    assert times[0] == 1.0 and times[-1] == pytest.approx(1e-5)
+    gaps = [a - b for a, b in zip(times[:-1], times[1:], strict=True)]
     assert all(g > 0 for g in gaps) and gaps[-1] < gaps[0]
 
 

@@ -13,6 +13,7 @@ import torch
 from models.data import DataSet
 from models.networks import MLPConfig, UNetConfig, build_network
 from models.processes import VE, VP
+from models.training.hooks import NoHooks, ProgressEvent
 from models.training.loop import (
     TrainingCanceled,
     TrainingConfig,
@@ -22,10 +23,41 @@ from models.training.loop import (
     loss_weight,
     train,
 )
-from models.training.schedules import ProgressEvent, lr_at
+from models.training.schedules import lr_at
 from models.training.state import TrainingState, TrainingStateError
 
 TINY = {"fourier_features": 8, "width": 16, "hidden_widths": (16, 8)}
+
+
+class StopAt(NoHooks):
+    """should_stop() says True from its n-th call on, i.e. after n - 1 steps."""
+
+    def __init__(self, n: int) -> None:
+        self.asked, self.n = 0, n
+
+    def should_stop(self) -> bool:
+        self.asked += 1
+        return self.asked >= self.n
+
+
+class Recorder(NoHooks):
+    """Records every call: progress events, (epoch, state epoch, training flag) per milestone,
+    and the epochs of checkpoints."""
+
+    def __init__(self, progress_every: int | None = None, checkpoint_every: int | None = None) -> None:
+        self.progress_every, self.checkpoint_every = progress_every, checkpoint_every
+        self.events: list[ProgressEvent] = []
+        self.milestones: list[tuple[int, int, bool]] = []
+        self.checkpoints: list[int] = []
+
+    def on_progress(self, event: ProgressEvent) -> None:
+        self.events.append(event)
+
+    def on_milestone(self, epoch: int, network: torch.nn.Module, state: TrainingState) -> None:
+        self.milestones.append((epoch, state.epoch, network.training))
+
+    def on_checkpoint(self, state: TrainingState) -> None:
+        self.checkpoints.append(state.epoch)
 
 
 def tiny_net(seed: int = 0, dim: int = 2) -> torch.nn.Module:
@@ -38,7 +70,7 @@ def blob_data(n: int = 48, dim: int = 2) -> DataSet:
 
 
 def test_loss_equals_hand_computation() -> None:
-    """MATH.md 2 by hand (numpy, VP closed forms) for both weightings."""
+    """docs/math.md §2.2 by hand (numpy, VP closed forms) for both weightings."""
     beta_min, beta_max = 0.1, 16.0
     x0 = np.array([[1.0, -2.0], [0.5, 0.25], [3.0, 0.0]])
     z = np.array([[0.3, -0.1], [-1.2, 0.4], [0.0, 2.0]])
@@ -68,7 +100,7 @@ def test_likelihood_weight_is_sigma2_over_two_var() -> None:
 
 @pytest.mark.parametrize("parametrization", ["entropy_matching", "score", "noise"])
 def test_training_step_loss_is_the_entropy_matching_loss(parametrization: str) -> None:
-    """The trainer's pre-drawn throws and affine residual give exactly MATH.md 2's loss."""
+    """The trainer's pre-drawn throws and affine residual give exactly the loss of docs/math.md §2.2."""
     process = VP()
     config = TrainingConfig(epochs=1, batch_size=8, num_steps=3, weighting="likelihood")
     tr = _Trainer(tiny_net(), process, blob_data(20), config, parametrization, torch.device("cpu"))  # type: ignore[arg-type]
@@ -98,14 +130,8 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit() -> None:
         warmup_steps=3,
     )
     full = train(tiny_net(), process, data, config)
-    calls = [0]
-
-    def stop_mid_epoch_two() -> bool:
-        calls[0] += 1
-        return calls[0] == 10  # 9 steps done: epoch 2, step 3 of 6
-
-    with pytest.raises(TrainingCanceled) as info:
-        train(tiny_net(), process, data, config, should_stop=stop_mid_epoch_two)
+    with pytest.raises(TrainingCanceled) as info:  # 9 steps done: epoch 2, step 3 of 6
+        train(tiny_net(), process, data, config, hooks=StopAt(10))
     saved = info.value.state
     assert (saved.epoch, saved.step, saved.global_step) == (1, 3, 9)
     state = TrainingState.from_bytes(saved.to_bytes())
@@ -132,35 +158,52 @@ def test_resume_refuses_changed_settings() -> None:
 
 
 def test_milestones_get_the_model_after_those_epochs() -> None:
-    seen: list[tuple[int, int, bool]] = []
-
-    def on_milestone(epoch: int, net: torch.nn.Module, state: TrainingState) -> None:
-        seen.append((epoch, state.epoch, net.training))
-
     config = TrainingConfig(epochs=4, batch_size=16, num_steps=1, milestones=(1, 3), ema_decay=0.5)
-    checkpoints: list[int] = []
-    result = train(
-        tiny_net(),
-        VP(),
-        blob_data(),
-        config,
-        on_milestone=on_milestone,
-        on_checkpoint=lambda s: checkpoints.append(s.epoch),
-    )
-    assert seen == [(1, 1, False), (3, 3, False)]
-    assert checkpoints == [1, 3]
+    hooks = Recorder()
+    result = train(tiny_net(), VP(), blob_data(), config, hooks=hooks)
+    assert hooks.milestones == [(1, 1, False), (3, 3, False)]
+    assert hooks.checkpoints == [1, 3]
     assert result.eval_network is result.ema_network
 
 
+def test_checkpoints_come_every_checkpoint_every_epochs_and_at_milestones() -> None:
+    config = TrainingConfig(epochs=5, batch_size=16, num_steps=1, milestones=(3,))
+    net = tiny_net()
+    hooks = Recorder(checkpoint_every=2)
+    train(net, VP(), blob_data(), config, hooks=hooks)
+    assert hooks.checkpoints == [2, 3, 4]
+    assert hooks.milestones == [(3, 3, False)]  # the live network, in eval mode during the call
+    assert net.training  # and back in training mode afterwards
+
+
+def test_hooks_need_not_subclass_no_hooks() -> None:
+    class Plain:  # structurally a TrainingHooks
+        progress_every: int | None = 2
+        checkpoint_every: int | None = None
+
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+
+        def on_progress(self, event: ProgressEvent) -> None:
+            self.steps.append(event.global_step)
+
+        def on_milestone(self, epoch: int, network: torch.nn.Module, state: TrainingState) -> None:
+            raise AssertionError("no milestones configured")
+
+        def on_checkpoint(self, state: TrainingState) -> None:
+            raise AssertionError("no checkpoints configured")
+
+        def should_stop(self) -> bool:
+            return False
+
+    hooks = Plain()
+    train(tiny_net(), VP(), blob_data(48), TrainingConfig(epochs=2, batch_size=8, num_steps=1), hooks=hooks)
+    assert hooks.steps == [2, 4, 6, 8, 10, 12]  # every 2 steps; each epoch (6 steps) ends on one
+
+
 def test_cancellation_stops_between_steps() -> None:
-    asked = [0]
-
-    def stop() -> bool:
-        asked[0] += 1
-        return asked[0] > 4
-
     with pytest.raises(TrainingCanceled) as info:
-        train(tiny_net(), VP(), blob_data(), TrainingConfig(epochs=5, batch_size=8, num_steps=1), should_stop=stop)
+        train(tiny_net(), VP(), blob_data(), TrainingConfig(epochs=5, batch_size=8, num_steps=1), hooks=StopAt(5))
     assert info.value.state.global_step == 4 and info.value.state.step == 4
 
 
@@ -169,14 +212,14 @@ def test_ema_is_the_exponential_average_of_the_weights(warmup: bool) -> None:
     net = tiny_net()
     snapshots = [{k: v.clone() for k, v in net.state_dict().items()}]
     config = TrainingConfig(epochs=1, batch_size=16, num_steps=1, ema_decay=0.75, ema_warmup=warmup, lr=1e-2)
-    result = train(
-        net,
-        VP(),
-        blob_data(32),
-        config,
-        progress_every=1,
-        on_progress=lambda ev: snapshots.append({k: v.clone() for k, v in net.state_dict().items()}),
-    )
+
+    class Snapshots(NoHooks):
+        progress_every = 1
+
+        def on_progress(self, event: ProgressEvent) -> None:
+            snapshots.append({k: v.clone() for k, v in net.state_dict().items()})
+
+    result = train(net, VP(), blob_data(32), config, hooks=Snapshots())
     assert len(snapshots) == 3  # initial + two steps
     assert result.ema_network is not None
     d1, d2 = (1 / 10, 2 / 11) if warmup else (0.75, 0.75)  # min(decay, (1 + n) / (10 + n)), n = 0, 1
@@ -200,14 +243,10 @@ def test_gradient_clipping_limits_the_update() -> None:
 
 
 def test_training_lowers_the_loss_and_reports_progress() -> None:
-    events: list[ProgressEvent] = []
-    result = train(
-        tiny_net(),
-        VP(),
-        blob_data(64),
-        TrainingConfig(epochs=6, batch_size=16, num_steps=4, lr=3e-3),
-        on_progress=events.append,
-    )
+    hooks = Recorder()
+    config = TrainingConfig(epochs=6, batch_size=16, num_steps=4, lr=3e-3)
+    result = train(tiny_net(), VP(), blob_data(64), config, hooks=hooks)
+    events = hooks.events
     assert result.losses[-1] < result.losses[0]
     assert [e.epoch for e in events if e.step == e.steps_per_epoch] == [1, 2, 3, 4, 5, 6]
     assert events[-1].fraction == 1.0 and events[-1].throws_per_second > 0
@@ -266,7 +305,7 @@ def test_training_runs_on_cuda() -> None:  # pragma: no cover - no GPU in CI
 
 @pytest.mark.slow
 def test_paper_mlp_learns_the_paper_mixture_to_within_ten_percent() -> None:
-    """The paper's protocol (MATH.md 5): 8192 draws, VP, batch 40, lr 1e-4, num_steps 10; after 10
+    """The paper's protocol (docs/math.md §5): 8192 draws, VP, batch 40, lr 1e-4, num_steps 10; after 10
     epochs S_NN on held-out draws is within 10 % of the exact S_tot (observed ratio ~1.04)."""
     from models.data import GaussianMixture
     from models.entropy.estimators import MeasurementConfig, neural_entropy, total_entropy_mixture_exact
