@@ -19,12 +19,15 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 # dependencies (cached layer), then the code; an editable install keeps alembic.ini and
 # migrations/ next to app/ where `python -m app.cli migrate` finds them
 COPY pyproject.toml README.md ./
-RUN mkdir -p app worker models && touch app/__init__.py worker/__init__.py models/__init__.py \
-    && pip install -e . && rm -rf app worker models
+RUN mkdir -p app core models runner worker \
+    && touch app/__init__.py core/__init__.py models/__init__.py runner/__init__.py worker/__init__.py \
+    && pip install -e . && rm -rf app core models runner worker
 COPY alembic.ini ./
 COPY migrations ./migrations
 COPY models ./models
+COPY core ./core
 COPY app ./app
+COPY runner ./runner
 COPY worker ./worker
 
 RUN useradd --create-home --uid 10001 svc && mkdir -p /data/artifacts && chown -R svc /data

@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	exec $(PY) -m app.embedded
+	exec $(PY) -m runner
 
 worker: $(STAMP)
 	exec $(PY) -m worker
@@ -51,8 +51,8 @@ test-all: $(STAMP)
 	$(PY) -m pytest -m '' $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check models app worker tests bench
-	$(VENV)/bin/mypy --explicit-package-bases models app worker
+	$(VENV)/bin/ruff check models app core runner worker tests bench examples migrations
+	$(VENV)/bin/mypy --explicit-package-bases models app core runner worker
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -14,36 +14,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-
-from app.settings import get_settings
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def alembic_config(url: str | None = None) -> Config:
-    """Alembic config for this checkout's migrations, pointed at `url` (default: settings)."""
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
-    db_url = url or get_settings().resolved_database_url
-    cfg.set_main_option("sqlalchemy.url", db_url.replace("%", "%%"))
-    return cfg
-
-
-def migrate(url: str | None = None) -> None:
-    """Upgrade the database at `url` (default DATABASE_URL) to head."""
-    settings = get_settings()
-    if url is None and settings.database_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), "head")
+from core.db import session_scope
+from core.keys import create_api_key
+from core.migrations import migrate
 
 
 def create_key(name: str, output: Path | None = None) -> str:
     """A new owner `name` with a fresh key; returns the plaintext key."""
-    from app.auth import create_api_key
-    from app.db import session_scope
-
     with session_scope() as session:
         _, key = create_api_key(session, name)
     if output is not None:

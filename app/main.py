@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,13 +15,13 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from sqlalchemy.orm import sessionmaker
 
-from app import queue as rq_client
-from app.artifacts import ArtifactStore
-from app.db import engine_for
 from app.errors import install_error_handlers
-from app.routes import datasets, health, jobs, measurements
+from app.routes import checkpoints, datasets, health, jobs, measurements
 from app.services.metrics import LatencyMiddleware, Metrics
-from app.settings import Settings, code_version, get_settings
+from core import queue as rq_client
+from core.artifacts import ArtifactStore
+from core.db import engine_for
+from core.settings import Settings, code_version, get_settings
 
 DESCRIPTION = """\
 Measure the **neural entropy** of diffusion models (Premkumar, *Neural Entropy*, NeurIPS 2025):
@@ -44,7 +42,6 @@ TAGS = [
     {"name": "checkpoints", "description": "Safetensors checkpoints: upload, download."},
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics (no key)."},
 ]
-OPTIONAL_ROUTERS = ("app.routes.checkpoints",)  # owned by other helpers; included when present
 
 
 def _extra_schemas() -> dict[str, Any]:
@@ -97,11 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lambda: rq_client.redis_connection(settings.resolved_redis_url))
     app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
-    for router in (health.router, datasets.router, jobs.router, measurements.router):
+    for router in (health.router, datasets.router, jobs.router, measurements.router,
+                   checkpoints.router):
         app.include_router(router)
-    for name in OPTIONAL_ROUTERS:
-        if importlib.util.find_spec(name) is not None:
-            app.include_router(importlib.import_module(name).router)
     _install_openapi(app)
     return app
 

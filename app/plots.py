@@ -8,19 +8,19 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
-from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from app.tables import CurvePoint
+from core.contract import MeasurementSummary
+from core.tables import CurvePoint
 
 
 def _column(points: Sequence[CurvePoint], name: str) -> list[float]:
     return [math.nan if getattr(p, name) is None else float(getattr(p, name)) for p in points]
 
 
-def curve_png(points: Sequence[CurvePoint], summary: dict[str, Any], title: str = "") -> bytes:
+def curve_png(points: Sequence[CurvePoint], summary: MeasurementSummary, title: str = "") -> bytes:
     """PNG bytes of a two-panel figure: entropy-production rate (log s axis) and cumulative."""
     fig = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(fig)
@@ -49,13 +49,10 @@ def curve_png(points: Sequence[CurvePoint], summary: dict[str, Any], title: str 
     ax_rate.set_title("entropy production rate (bands: ±2 standard errors)", fontsize=9)
     ax_cum.set_xlabel("s")
     ax_cum.set_ylabel("nats")
-    ne = summary.get("neural_entropy") or {}
-    te = summary.get("total_entropy") or {}
-    heading = "cumulative entropy"
-    if "nats" in ne:
-        heading += f": S_NN = {ne['nats']:.4g} ± {ne.get('stderr', 0.0):.2g}"
-    if "nats" in te:
-        heading += f", S_tot = {te['nats']:.4g}"
+    ne, te = summary.neural_entropy, summary.total_entropy
+    heading = f"cumulative entropy: S_NN = {ne.nats:.4g} ± {ne.stderr:.2g}"
+    if te is not None:
+        heading += f", S_tot = {te.nats:.4g}"
     ax_cum.set_title(heading, fontsize=9)
     for ax in (ax_rate, ax_cum):
         ax.grid(True, alpha=0.3)

@@ -40,7 +40,7 @@ JOB = {"type": "train", "training": {"epochs": 1, "batch_size": 40},
 
 @contextlib.contextmanager
 def embedded_stack() -> Iterator[tuple[str, str]]:
-    """(base URL, API key) of a fresh `python -m app.embedded` in a temporary DATA_DIR."""
+    """(base URL, API key) of a fresh `python -m runner` in a temporary DATA_DIR."""
     data_dir = Path(tempfile.mkdtemp(prefix="ne-bench-"))
     import socket
 
@@ -51,7 +51,7 @@ def embedded_stack() -> Iterator[tuple[str, str]]:
            if k not in ("DATABASE_URL", "REDIS_URL", "ARTIFACT_DIR")}
     env.update(DATA_DIR=str(data_dir), PORT=str(port))
     log = (data_dir / "run.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "app.embedded"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "runner"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -17,16 +17,15 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import Any, BinaryIO
 
-from fastapi import Depends, Request
 from sqlalchemy import event, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from app.settings import Settings, get_settings
-from app.tables import Artifact, Checkpoint, Dataset, Job
+from core.settings import Settings, get_settings
+from core.tables import Artifact, Checkpoint, Dataset, Job
 
 _UPSERT_INSERTS: dict[str, Any] = {"postgresql": pg_insert, "sqlite": sqlite_insert}
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -206,12 +205,3 @@ def get_artifact_store(settings: Settings | None = None) -> ArtifactStore:
     root = settings.resolved_artifact_dir
     root.mkdir(parents=True, exist_ok=True)
     return ArtifactStore(root)
-
-
-def get_request_artifact_store(request: Request) -> ArtifactStore:
-    """FastAPI dependency: the store of the app serving the request (its settings' ARTIFACT_DIR)."""
-    store = getattr(request.app.state, "artifacts", None)
-    return store if isinstance(store, ArtifactStore) else get_artifact_store()
-
-
-ArtifactStoreDep = Annotated[ArtifactStore, Depends(get_request_artifact_store)]

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Update, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.settings import get_settings
+from core.settings import get_settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -62,3 +62,9 @@ def session_scope(factory: sessionmaker[Session] | None = None) -> Iterator[Sess
         raise
     finally:
         session.close()
+
+
+def rows_changed(session: Session, statement: Update) -> int:
+    """Execute an UPDATE and return how many rows it changed (the fence of a state change)."""
+    result = session.execute(statement)
+    return int(cast(CursorResult[Any], result).rowcount)

@@ -12,7 +12,7 @@ from functools import lru_cache
 from redis import Redis
 from rq import Queue
 
-from app.settings import get_settings
+from core.settings import get_settings
 
 QUEUE_NAMES: tuple[str, ...] = ("gpu", "cpu")  # one queue per resource kind
 JOB_FUNCTION = "worker.jobs.run_job"  # by name: the API never imports the worker (or torch's CUDA)

@@ -1,13 +1,13 @@
-"""Alembic environment: the metadata of app.tables; batch mode (ALTER via copy) for SQLite."""
+"""Alembic environment: the metadata of core.tables; batch mode (ALTER via copy) for SQLite."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import Connection
 
-from app.db import make_engine
-from app.settings import get_settings
-from app.tables import Base
+from core.db import make_engine
+from core.settings import get_settings
+from core.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

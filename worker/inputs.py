@@ -6,22 +6,21 @@ Blobs are read with `allow_pickle=False` and checkpoints through `models.checkpo
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from sqlalchemy.orm import Session
 
-from app.artifacts import ArtifactNotFound, get_artifact_store
-from app.tables import Checkpoint, Dataset
+from core.artifacts import ArtifactNotFound, get_artifact_store
+from core.contract import DatasetSplit
+from core.tables import Checkpoint, Dataset
+from models.checkpoints.config import CheckpointConfig
+from models.checkpoints.io import load_model, read_checkpoint
 from models.data import DataSet, GaussianMixture
-
-DEFAULT_TEST_FRACTION = 0.2  # when a dataset row records no split (MATH.md: held-out by default)
-
-
-class JobInputError(ValueError):
-    """A job's input is missing or unusable; the message is shown to the user."""
+from models.parametrization import EntropyMatchingModel
+from worker.errors import JobInputError
 
 
 def read_artifact(sha256: str, what: str) -> bytes:
@@ -44,9 +43,8 @@ class LoadedDataset:
     train: DataSet
     test: DataSet
     mixture: GaussianMixture | None
-    split: dict[str, Any]
-    eight_bit_range: tuple[float, float] | None = None  # scaled range of 8-bit source data
-
+    split: DatasetSplit
+    eight_bit_range: tuple[float, float] | None  # scaled range of 8-bit source data
 
     def part(self, name: str) -> DataSet:
         """The `train` or `test` part ("test" falls back to all data when the split left none)."""
@@ -61,8 +59,6 @@ class LoadedDataset:
 
 def dataset_from_npz(blob: bytes, row: Dataset) -> DataSet:
     """The canonical blob (`x` float32 (N, ...) scaled, optional int64 `labels`) as a DataSet."""
-    import io
-
     try:
         with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
             x = np.asarray(npz["x"], dtype=np.float32)
@@ -86,9 +82,8 @@ def load_dataset(session: Session, dataset_id: str | None) -> LoadedDataset:
     if row is None:
         raise JobInputError(f"dataset {dataset_id} no longer exists")
     data = dataset_from_npz(read_artifact(row.sha256, "dataset"), row)
-    split = dict(row.split or {})
-    test_fraction = float(split.get("test_fraction", DEFAULT_TEST_FRACTION))
-    train, test = data.split(test_fraction, int(split.get("seed", 0)))
+    split = DatasetSplit.model_validate(row.split)
+    train, test = data.split(split.test_fraction, split.seed)
     mixture = None
     if row.mixture:
         mixture = GaussianMixture(row.mixture["weights"], row.mixture["means"], row.mixture["stds"])
@@ -111,15 +106,13 @@ def _eight_bit_range(row: Dataset) -> tuple[float, float] | None:
 class LoadedCheckpoint:
     checkpoint_id: str
     sha256: str
-    config: Any  # models.checkpoints.io.CheckpointConfig
-    model: Any  # models.parametrization.EntropyMatchingModel, eval mode on `device`
+    config: CheckpointConfig
+    model: EntropyMatchingModel  # eval mode on `device`
     epoch: int | None
 
 
 def load_checkpoint(session: Session, checkpoint_id: str | None, device: str) -> LoadedCheckpoint:
     """Read, validate and build the checkpoint's EntropyMatchingModel on `device`."""
-    from models.checkpoints.io import load_model, read_checkpoint
-
     if not checkpoint_id:
         raise JobInputError("the job names no checkpoint")
     row = session.get(Checkpoint, checkpoint_id)

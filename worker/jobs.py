@@ -3,8 +3,9 @@ and record the outcome. The DB row, not Redis, is the truth:
 
 - claim: `queued -> running` in one fenced UPDATE (so a job enqueued twice runs once), recording
   started_at, worker_name, device and the attempt number; a job canceled while queued ends here;
-- body: `worker.train_job.run_train`, `worker.other_jobs.run_measure` / `run_sample`, which report
-  progress and return the columns to set on success;
+- body: `JOB_BODIES[type]` (`worker.train_job.run_train`, `worker.measure_job.run_measure`,
+  `worker.sample_job.run_sample`), which reads the resolved spec (`core.contract`), reports
+  progress and returns the columns to set on success;
 - outcome: `succeeded` with compute_seconds, `canceled` when cancellation was asked for, or `failed`
   with a readable one-line error (the traceback goes to the log, never into the row). Every final
   write is fenced on (status running, attempts) so a job taken over by the reconciler is not
@@ -14,74 +15,34 @@ and record the outcome. The DB row, not Redis, is the truth:
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, Update, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select, update
 
-from app.db import session_scope
-from app.settings import get_settings
-from app.tables import Job, JobStatus, JobType, utcnow
+from core.contract import JobProgress, parse_job_spec
+from core.db import rows_changed, session_scope
+from core.settings import get_settings
+from core.tables import Job, JobStatus, JobType, utcnow
+from worker.context import JobContext, current_worker_name
 from worker.devices import job_device
 from worker.errors import JobCanceled, readable_error
+from worker.measure_job import run_measure
 from worker.progress import ProgressReporter
+from worker.resume import delete_training_state
+from worker.sample_job import run_sample
+from worker.train_job import run_train
 
 log = logging.getLogger(__name__)
 ROW_WAIT_SECONDS = 10.0  # how long to wait for a job row not yet committed by the API
 
-
-@dataclass
-class JobContext:
-    """What a job body needs: the row's inputs (a snapshot), the device, the progress reporter."""
-
-    job_id: str
-    owner_id: str
-    type: str
-    request: dict[str, Any]
-    dataset_id: str | None
-    input_checkpoint_id: str | None
-    attempt: int
-    device: str
-    worker_name: str
-    reporter: ProgressReporter
-    started: float = field(default_factory=time.monotonic)
-
-    def check_canceled(self) -> None:
-        """Raise JobCanceled when cancellation was asked for (checked between steps/phases)."""
-        if self.reporter.cancel_requested():
-            raise JobCanceled()
-
-
-def rows_changed(session: Session, statement: Update) -> int:
-    """Execute an UPDATE and return how many rows it changed (the fence of a state change)."""
-    result = session.execute(statement)
-    return int(cast(CursorResult[Any], result).rowcount)
-
-
-def current_worker_name() -> str:
-    """The RQ worker's name inside a work horse, else host:pid (direct calls, tests)."""
-    return os.environ.get("RQ_WORKER_ID") or f"local:{socket.gethostname()}:{os.getpid()}"
-
-
-def _body(job_type: str) -> Callable[[JobContext], dict[str, Any]]:
-    if job_type == JobType.train.value:
-        from worker.train_job import run_train
-
-        return run_train
-    if job_type == JobType.measure.value:
-        from worker.other_jobs import run_measure
-
-        return run_measure
-    if job_type == JobType.sample.value:
-        from worker.other_jobs import run_sample
-
-        return run_sample
-    raise ValueError(f"unknown job type {job_type!r}")
+JobBody = Callable[[JobContext], dict[str, Any]]
+JOB_BODIES: dict[str, JobBody] = {
+    JobType.train.value: run_train,
+    JobType.measure.value: run_measure,
+    JobType.sample.value: run_sample,
+}
 
 
 def _load_row(job_id: str) -> Job | None:
@@ -107,7 +68,8 @@ def claim(job_id: str, worker_name: str, device: str) -> JobContext | None:
         log.warning("job %s is %s, not queued; not running it", job_id, job.status)
         return None
     if job.cancel_requested:
-        _finish(job_id, job.attempts, JobStatus.canceled, {"progress": {"phase": "canceled"}},
+        _finish(job_id, job.attempts, JobStatus.canceled,
+                {"progress": JobProgress(phase="canceled").model_dump()},
                 from_status=JobStatus.queued)
         return None
     attempt = job.attempts + 1
@@ -126,8 +88,7 @@ def claim(job_id: str, worker_name: str, device: str) -> JobContext | None:
                 worker_name=worker_name,
                 device=device,
                 error=None,
-                progress={"phase": "starting", "epoch": None, "epochs": None, "loss": None,
-                          "fraction": 0.0, "eta_seconds": None},
+                progress=JobProgress(phase="starting", fraction=0.0).model_dump(),
             ),
         ) == 1
     if not won:
@@ -137,8 +98,7 @@ def claim(job_id: str, worker_name: str, device: str) -> JobContext | None:
     return JobContext(
         job_id=job_id,
         owner_id=job.owner_id,
-        type=job.type,
-        request=dict(job.request or {}),
+        spec=parse_job_spec(job.request),
         dataset_id=job.dataset_id,
         input_checkpoint_id=job.input_checkpoint_id,
         attempt=attempt,
@@ -183,14 +143,12 @@ def run_job(job_id: str) -> str:
         return "skipped"
     log.info("job %s (%s) attempt %d on %s", job_id, ctx.type, ctx.attempt, device)
     earlier = _previous_compute_seconds(job_id)
-    progress_end = dict(ctx.reporter.current or {})
     try:
-        updates = _body(ctx.type)(ctx)
+        updates = JOB_BODIES[ctx.type](ctx)
     except JobCanceled:
-        progress = {**(ctx.reporter.current or progress_end), "phase": "canceled",
-                    "eta_seconds": None}
         _finish(job_id, ctx.attempt, JobStatus.canceled,
-                {"progress": progress, "compute_seconds": earlier + ctx_elapsed(ctx)})
+                {"progress": ctx.reporter.final("canceled"),
+                 "compute_seconds": earlier + ctx.elapsed()})
         _cleanup(ctx)
         log.info("job %s canceled", job_id)
         return JobStatus.canceled.value
@@ -199,30 +157,20 @@ def run_job(job_id: str) -> str:
         # re-enqueues the job, which resumes from its last saved state)
         message = readable_error(exc, device=device)
         log.exception("job %s failed: %s", job_id, message)
-        progress = {**(ctx.reporter.current or progress_end), "phase": "failed",
-                    "eta_seconds": None}
         _finish(job_id, ctx.attempt, JobStatus.failed,
-                {"error": message, "progress": progress,
-                 "compute_seconds": earlier + ctx_elapsed(ctx)})
+                {"error": message, "progress": ctx.reporter.final("failed"),
+                 "compute_seconds": earlier + ctx.elapsed()})
         _cleanup(ctx)
         return JobStatus.failed.value
-    progress = {**(ctx.reporter.current or {}), "phase": "done", "fraction": 1.0,
-                "eta_seconds": 0.0}
     written = _finish(job_id, ctx.attempt, JobStatus.succeeded,
-                      {**updates, "progress": progress,
-                       "compute_seconds": earlier + ctx_elapsed(ctx)})
+                      {**updates, "progress": ctx.reporter.final("done", fraction=1.0),
+                       "compute_seconds": earlier + ctx.elapsed()})
     _cleanup(ctx)
     if not written:
         log.warning("job %s: finished, but the row was taken over meanwhile", job_id)
     return JobStatus.succeeded.value
 
 
-def ctx_elapsed(ctx: JobContext) -> float:
-    return round(time.monotonic() - ctx.started, 3)
-
-
 def _cleanup(ctx: JobContext) -> None:
     if ctx.type == JobType.train.value:
-        from worker.resume import delete_training_state
-
         delete_training_state(ctx.job_id)

@@ -1,15 +1,10 @@
 """Measuring a model (S_NN curve and total; S_tot, density bound, data entropy when asked/known)
-and storing the result: a `Measurement` row (summary + reproducibility) and its `CurvePoint` rows.
-
-Summary document (the contract): {"neural_entropy": {nats, bits, bits_per_dim, stderr},
-"total_entropy": {nats, stderr} | null, "density_bound": {nats, bits_per_dim, stderr, ...} | null,
-"data_entropy": {nats, stderr} | null, "t_min", "t_max", "n_evaluations", "dim"}.
+and storing the result: a `Measurement` row (a `core.contract.MeasurementSummary` and a
+`Reproducibility` record) and its `CurvePoint` rows.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,59 +12,73 @@ import numpy as np
 import torch
 from sqlalchemy.orm import Session
 
-from app.settings import code_version, get_settings
-from app.tables import CurvePoint, Measurement
+from core.contract import (
+    DataEntropySummary,
+    DensityBoundSummary,
+    MeasurementSummary,
+    NeuralEntropySummary,
+    Reproducibility,
+    ResolvedMeasurement,
+    Split,
+    TotalEntropySummary,
+)
+from core.settings import code_version, get_settings
+from core.tables import CurvePoint, Measurement
 from models.data import DataSet
+from models.entropy import estimators
+from models.entropy.estimators import EntropyCurve, EntropyResult, MeasurementConfig
+from models.parametrization import EntropyMatchingModel
 from models.processes import ForwardProcess
 from worker.inputs import LoadedDataset
+from worker.progress import finite_or_none
 
-LN2 = math.log(2.0)
-FRESH_POOL_MIN = 10_000  # fresh mixture draws for a held-out measurement (MATH.md 3, "Which x0")
+FRESH_POOL_MIN = 10_000  # fresh mixture draws for a held-out measurement (docs/math.md §3.2)
+CURVE_COLUMNS = ("s", "rate", "rate_stderr", "cumulative", "cumulative_stderr")
+
+
+@dataclass(frozen=True)
+class MeasurementContext:
+    """What was measured, for the reproducibility record."""
+
+    split: Split
+    process: dict[str, Any]
+    network: dict[str, Any] | None
+    training: dict[str, Any] | None
+    device: str
+    parametrization: str  # entropy_matching | score | noise
 
 
 @dataclass
 class MeasurementResult:
     """What a measurement produced, ready to store."""
 
-    summary: dict[str, Any]
-    estimator: dict[str, Any]
+    summary: MeasurementSummary
+    estimator: dict[str, Any]  # the MeasurementConfig used, every field
     curve: dict[str, list[float | None]]  # s, rate, rate_stderr, cumulative(_stderr), total_*
 
 
-def _f(x: Any) -> float | None:
-    """A JSON-safe float (None for NaN/inf/None)."""
-    if x is None:
-        return None
-    v = float(x)
-    return v if math.isfinite(v) else None
+def _column(curve: EntropyCurve, name: str) -> list[float | None]:
+    values = getattr(curve, name)
+    return [finite_or_none(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
 
 
-def _column(curve: Any, name: str) -> list[float | None] | None:
-    values = getattr(curve, name, None)
-    if values is None:
-        return None
-    return [_f(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
+def measurement_config(spec: ResolvedMeasurement) -> MeasurementConfig:
+    """The estimator's settings for the job's resolved measurement section."""
+    return MeasurementConfig(n_times=spec.n_times, n_samples=spec.n_samples, seed=spec.seed,
+                             t_min=spec.t_min, t_max=spec.t_max)
 
 
-def measurement_config(spec: dict[str, Any]) -> Any:
-    """`models.entropy.estimators.MeasurementConfig` from the request's measurement section."""
-    from models.entropy.estimators import MeasurementConfig
-
-    known = {f.name for f in dataclasses.fields(MeasurementConfig)}
-    args = {k: v for k, v in spec.items() if k in known and v is not None}
-    return MeasurementConfig(**args)
+def neural_entropy_summary(result: EntropyResult) -> NeuralEntropySummary:
+    bits = result.bits()
+    return NeuralEntropySummary(nats=result.total.mean, bits=bits.mean,
+                                bits_per_dim=result.bits_per_dim().mean,
+                                stderr=result.total.stderr, stderr_bits=bits.stderr)
 
 
-def _config_dict(config: Any) -> dict[str, Any]:
-    if hasattr(config, "to_dict"):
-        return dict(config.to_dict())
-    return dataclasses.asdict(config)
-
-
-def measurement_pool(loaded: LoadedDataset, split: str, seed: int) -> DataSet:
+def measurement_pool(loaded: LoadedDataset, split: Split, seed: int) -> DataSet:
     """The x0 pool: fresh draws for a mixture's held-out measurement when the dataset kept no
     held-out split (`split.held_out == "fresh_draws"`), else that part of the dataset."""
-    fresh = loaded.split.get("held_out") == "fresh_draws" or len(loaded.test) == 0
+    fresh = loaded.split.held_out == "fresh_draws" or len(loaded.test) == 0
     if split == "test" and loaded.mixture is not None and fresh:
         n = min(max(len(loaded.data), FRESH_POOL_MIN), get_settings().max_n_samples)
         generator = torch.Generator().manual_seed(int(seed) + 1_000_003)
@@ -80,57 +89,31 @@ def measurement_pool(loaded: LoadedDataset, split: str, seed: int) -> DataSet:
 
 
 def measure(
-    model: Any,
+    model: EntropyMatchingModel,
     process: ForwardProcess,
     loaded: LoadedDataset,
-    spec: dict[str, Any],
+    spec: ResolvedMeasurement,
     device: str,
 ) -> MeasurementResult:
-    """Run the measurement `spec` (the request's "measurement" section) of `model` on `loaded`."""
-    from models.entropy import estimators
-
+    """Run the measurement `spec` (the job's measurement section) of `model` on `loaded`."""
     config = measurement_config(spec)
-    split = str(spec.get("split", "test"))
-    pool = measurement_pool(loaded, split, int(spec.get("seed", 0)))
+    pool = measurement_pool(loaded, spec.split, spec.seed)
     labels = pool.labels
     result = estimators.neural_entropy(
         model.e_theta, process, pool.x, config, labels=labels, device=device
     )
-    dim = int(result.dim)
-    nats, stderr = float(result.total.mean), float(result.total.stderr)
-    summary: dict[str, Any] = {
-        "neural_entropy": {
-            "nats": nats,
-            "bits": nats / LN2,
-            "bits_per_dim": nats / LN2 / dim,
-            "stderr": stderr,
-            "stderr_bits": stderr / LN2,
-        },
-        "total_entropy": None,
-        "density_bound": None,
-        "data_entropy": None,
-        "t_min": _f(result.t_start),
-        "t_max": _f(result.t_end),
-        "n_evaluations": int(result.n_evaluations),
-        "dim": dim,
-        "n_pool": len(pool),
-    }
-    curve = {
-        name: _column(result.curve, name) or []
-        for name in ("s", "rate", "rate_stderr", "cumulative", "cumulative_stderr")
-    }
+    curve = {name: _column(result.curve, name) for name in CURVE_COLUMNS}
+    total_entropy = None
     if loaded.mixture is not None:
         total = estimators.total_entropy_mixture(loaded.mixture, process, config, device=device)
-        summary["total_entropy"] = {
-            "nats": float(total.total.mean),
-            "stderr": float(total.total.stderr),
-            "bits": float(total.total.mean) / LN2,
-        }
-        if len(_column(total.curve, "s") or []) == len(curve["s"]):
-            curve["total_rate"] = _column(total.curve, "rate") or []
-            curve["total_rate_stderr"] = _column(total.curve, "rate_stderr") or []
-            curve["total_cumulative"] = _column(total.curve, "cumulative") or []
-    if spec.get("density_bound"):
+        total_entropy = TotalEntropySummary(nats=total.total.mean, bits=total.bits().mean,
+                                            stderr=total.total.stderr)
+        if len(total.curve.s) == len(result.curve.s):
+            curve["total_rate"] = _column(total.curve, "rate")
+            curve["total_rate_stderr"] = _column(total.curve, "rate_stderr")
+            curve["total_cumulative"] = _column(total.curve, "cumulative")
+    density_bound = None
+    if spec.density_bound:
         flat = pool.x.reshape(len(pool), -1)
         bound = estimators.density_bound(
             model.score, process, pool.x, config, labels=labels,
@@ -138,17 +121,20 @@ def measure(
                            if process.equilibrium_variance() is None else None),
             value_range=loaded.eight_bit_range, device=device,
         )
-        summary["density_bound"] = {
-            "nats": float(bound.nats.mean), "stderr": float(bound.nats.stderr),
-            "bits_per_dim": float(bound.bits_per_dim.mean),
-            "bits_per_dim_stderr": float(bound.bits_per_dim.stderr),
-            "prior_nats": float(bound.prior_nats),
-            "offset_bits_per_dim": float(bound.offset_bits_per_dim),
-        }
-    if spec.get("data_entropy"):
+        density_bound = DensityBoundSummary(
+            nats=bound.nats.mean, stderr=bound.nats.stderr,
+            bits_per_dim=bound.bits_per_dim.mean, bits_per_dim_stderr=bound.bits_per_dim.stderr,
+            prior_nats=bound.prior_nats, offset_bits_per_dim=bound.offset_bits_per_dim)
+    data_entropy = None
+    if spec.data_entropy:
         ent = estimators.data_entropy(result, process, pool.x)
-        summary["data_entropy"] = {"nats": float(ent.mean), "stderr": float(ent.stderr)}
-    return MeasurementResult(summary, _config_dict(config), curve)
+        data_entropy = DataEntropySummary(nats=ent.mean, stderr=ent.stderr)
+    summary = MeasurementSummary(
+        neural_entropy=neural_entropy_summary(result), total_entropy=total_entropy,
+        density_bound=density_bound, data_entropy=data_entropy,
+        t_min=finite_or_none(result.t_start), t_max=finite_or_none(result.t_end),
+        n_evaluations=result.n_evaluations, dim=result.dim, n_pool=len(pool))
+    return MeasurementResult(summary, config.to_dict(), curve)
 
 
 def store_measurement(
@@ -160,34 +146,33 @@ def store_measurement(
     loaded: LoadedDataset,
     checkpoint_id: str | None,
     epoch: int | None,
-    context: dict[str, Any],
+    context: MeasurementContext,
 ) -> Measurement:
-    """Add the Measurement row and its curve rows; `context`: process, network, training, device."""
-    spec_seed = result.estimator.get("seed")
-    reproducibility = {
-        "data_sha256": loaded.sha256,
-        "dataset_id": loaded.dataset_id,
-        "split": context.get("split"),
-        "process": context.get("process"),
-        "network": context.get("network"),
-        "parametrization": context.get("parametrization", "entropy_matching"),
-        "training": context.get("training"),
-        "estimator": result.estimator,
-        "seed": spec_seed,
-        "device": context.get("device"),
-        "code_version": code_version(),
-        "torch_version": torch.__version__,
-        "checkpoint_id": checkpoint_id,
-        "epoch": epoch,
-    }
+    """Add the Measurement row and its curve rows."""
+    reproducibility = Reproducibility(
+        data_sha256=loaded.sha256,
+        dataset_id=loaded.dataset_id,
+        split=context.split,
+        process=context.process,
+        network=context.network,
+        parametrization=context.parametrization,
+        training=context.training,
+        estimator=result.estimator,
+        seed=result.estimator["seed"],
+        device=context.device,
+        code_version=code_version(),
+        torch_version=torch.__version__,
+        checkpoint_id=checkpoint_id,
+        epoch=epoch,
+    )
     row = Measurement(
         owner_id=owner_id,
         job_id=job_id,
         dataset_id=loaded.dataset_id,
         checkpoint_id=checkpoint_id,
         epoch=epoch,
-        summary=result.summary,
-        reproducibility=reproducibility,
+        summary=result.summary.model_dump(mode="json"),
+        reproducibility=reproducibility.model_dump(mode="json"),
     )
     session.add(row)
     session.flush()

@@ -1,6 +1,6 @@
 """Progress reporting to the job's DB row at a bounded rate, and the cancellation flag read back.
 
-`Job.progress` is `{phase, epoch, epochs, loss, fraction, eta_seconds}`; a write happens at most
+`Job.progress` is a `core.contract.JobProgress`; a write happens at most
 once per `Settings.progress_interval_seconds` (phase changes and `force=True` write at once), and
 each write also refreshes `heartbeat_at` and reads `cancel_requested` in the same transaction, so
 the database sees O(1/interval) statements per second from a job however fast it trains.
@@ -15,13 +15,15 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from app.db import session_scope
-from app.tables import Job, utcnow
+from core.contract import JobProgress
+from core.db import session_scope
+from core.tables import Job, utcnow
 
 TRAINING_SHARE = 0.95  # share of `fraction` given to training; the final measurement gets the rest
 
 
-def _finite_or_none(value: float | None) -> float | None:
+def finite_or_none(value: Any) -> float | None:
+    """A JSON-safe float: None for None, NaN and infinities."""
     if value is None:
         return None
     value = float(value)
@@ -46,7 +48,7 @@ class ProgressReporter:
         self._last_phase: str | None = None
         self._cancel = False
         self._last_cancel_check: float | None = None
-        self.current: dict[str, Any] = {}
+        self.current = JobProgress(phase="starting")
 
     def _due(self, now: float) -> bool:
         return self._last_write is None or now - self._last_write >= self.interval
@@ -63,14 +65,14 @@ class ProgressReporter:
         force: bool = False,
     ) -> bool:
         """Record progress; returns True when it was written to the database now."""
-        self.current = {
-            "phase": phase,
-            "epoch": epoch,
-            "epochs": epochs,
-            "loss": _finite_or_none(loss),
-            "fraction": None if fraction is None else min(1.0, max(0.0, float(fraction))),
-            "eta_seconds": None if eta_seconds is None else max(0.0, round(float(eta_seconds), 1)),
-        }
+        self.current = JobProgress(
+            phase=phase,
+            epoch=epoch,
+            epochs=epochs,
+            loss=finite_or_none(loss),
+            fraction=None if fraction is None else min(1.0, max(0.0, float(fraction))),
+            eta_seconds=None if eta_seconds is None else max(0.0, round(float(eta_seconds), 1)),
+        )
         now = self.clock()
         if not (force or phase != self._last_phase or self._due(now)):
             return False
@@ -83,7 +85,7 @@ class ProgressReporter:
             session.execute(
                 update(Job)
                 .where(Job.id == self.job_id)
-                .values(progress=dict(self.current), heartbeat_at=utcnow())
+                .values(progress=self.current.model_dump(), heartbeat_at=utcnow())
             )
             cancel = session.execute(
                 select(Job.cancel_requested).where(Job.id == self.job_id)
@@ -92,6 +94,23 @@ class ProgressReporter:
         self._last_write = now
         self._last_cancel_check = now
         self.writes += 1
+
+    def report_phase(self, phase: str, *, force: bool = False) -> bool:
+        """Record a new phase, keeping epoch, loss, fraction and ETA as they are."""
+        c = self.current
+        return self.report(phase, epoch=c.epoch, epochs=c.epochs, loss=c.loss, fraction=c.fraction,
+                           eta_seconds=c.eta_seconds, force=force)
+
+    def set_fraction(self, fraction: float) -> None:
+        """Move the overall fraction (written with the next report)."""
+        self.current = self.current.model_copy(update={"fraction": fraction})
+
+    def final(self, phase: str, *, fraction: float | None = None) -> dict[str, Any]:
+        """The progress document of a finished job (`done`, `failed` or `canceled`)."""
+        update_: dict[str, Any] = {"phase": phase, "eta_seconds": 0.0 if phase == "done" else None}
+        if fraction is not None:
+            update_["fraction"] = fraction
+        return self.current.model_copy(update=update_).model_dump()
 
     def cancel_requested(self) -> bool:
         """Whether cancellation was asked for; re-read from the DB at most every `interval` s."""

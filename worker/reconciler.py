@@ -24,10 +24,9 @@ from rq.job import Job as RQJob
 from rq.worker import Worker
 from sqlalchemy import select, update
 
-from app.db import session_scope
-from app.queue import enqueue_job, redis_connection, rq_job_id
-from app.tables import Job, JobStatus, utcnow
-from worker.jobs import rows_changed
+from core.db import rows_changed, session_scope
+from core.queue import enqueue_job, redis_connection, rq_job_id
+from core.tables import Job, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
 

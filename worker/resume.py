@@ -1,4 +1,4 @@
-"""Training state saved at each milestone so a crashed or lost job resumes there.
+"""Training state saved at milestones and every few epochs, so a crashed or lost job resumes there.
 
 The state (model, optimizer, EMA, RNG, epoch; `models.training.TrainingState`) is written by the
 worker itself to ARTIFACT_DIR/training-state/<job_id>.state — the artifact volume is the one place
@@ -12,9 +12,9 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from app.settings import get_settings
+from core.settings import get_settings
+from models.training.state import TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def training_state_path(job_id: str) -> Path:
     return get_settings().resolved_artifact_dir / "training-state" / f"{job_id}.state"
 
 
-def save_training_state(job_id: str, state: Any) -> None:
+def save_training_state(job_id: str, state: TrainingState) -> None:
     """Write `state` (a TrainingState) for `job_id`, replacing the previous one atomically."""
     path = training_state_path(job_id)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,13 +36,11 @@ def save_training_state(job_id: str, state: Any) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def load_training_state(job_id: str) -> Any | None:
+def load_training_state(job_id: str) -> TrainingState | None:
     """The last saved TrainingState of `job_id`, or None (none saved, or unreadable)."""
     path = training_state_path(job_id)
     if not path.is_file():
         return None
-    from models.training.state import TrainingState
-
     try:
         return TrainingState.from_bytes(path.read_bytes())
     except Exception:  # noqa: BLE001 - a bad state means "start over", not "fail"

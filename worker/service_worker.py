@@ -23,16 +23,16 @@ from typing import Any
 
 from rq.worker import Worker, WorkerStatus
 
-from app.redis_server import die_with_parent
-from app.settings import get_settings
+from core.db import get_engine
+from core.lifecycle import die_with_parent
+from core.settings import get_settings
+from worker.reconciler import reconcile
 
 log = logging.getLogger(__name__)
 
 
 def dispose_inherited_engine() -> None:
     """In a forked child: forget (without closing) the DB connections inherited from the parent."""
-    from app.db import get_engine
-
     get_engine().dispose(close=False)
 
 
@@ -51,8 +51,6 @@ class ServiceWorker(Worker):
 
     # ---- reconciliation ----
     def reconcile_now(self) -> None:
-        from worker.reconciler import reconcile
-
         self._last_reconcile = time.monotonic()
         try:
             report = reconcile(self.connection)

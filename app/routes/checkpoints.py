@@ -9,8 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from app.artifacts import ArtifactStoreDep
-from app.auth import CurrentOwner, SessionDep, SettingsDep
+from app.deps import ArtifactStoreDep, CurrentOwner, SessionDep, SettingsDep
 from app.errors import ProblemError, problem_responses
 from app.schemas.checkpoints import (
     CHECKPOINT_MEDIA_TYPE,

@@ -9,8 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
-from app.artifacts import ArtifactStoreDep
-from app.auth import CurrentOwner, SessionDep, SettingsDep
+from app.deps import ArtifactStoreDep, CurrentOwner, SessionDep, SettingsDep
 from app.errors import ProblemError, problem_responses
 from app.schemas.common import Limit, Offset, Page, page_of
 from app.schemas.datasets import (

@@ -9,8 +9,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from app import queue as rq_client
-from app.settings import code_version
+from core import queue as rq_client
+from core.settings import code_version
 
 router = APIRouter(tags=["health"])
 

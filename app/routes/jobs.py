@@ -8,13 +8,12 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import FileResponse
 from redis import Redis
 
-from app import queue as rq_client
-from app.artifacts import ArtifactStoreDep
-from app.auth import CurrentOwner, SessionDep, SettingsDep
+from app.deps import ArtifactStoreDep, CurrentOwner, SessionDep, SettingsDep
 from app.errors import problem_responses
 from app.schemas.common import Limit, Offset, Page, page_of
 from app.schemas.jobs import JobCreate, JobPublic
 from app.services import jobs as service
+from core import queue as rq_client
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

@@ -7,11 +7,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 
-from app.auth import CurrentOwner, SessionDep
+from app.deps import CurrentOwner, SessionDep
 from app.errors import problem_responses
 from app.plots import curve_png
 from app.schemas.measurements import CurvePublic, MeasurementPublic
 from app.services import measurements as service
+from core.contract import MeasurementSummary
 
 router = APIRouter(prefix="/v1/measurements", tags=["measurements"])
 
@@ -49,5 +50,6 @@ def get_curve(measurement_id: str, session: SessionDep, owner: CurrentOwner,
 async def get_plot(measurement_id: str, session: SessionDep, owner: CurrentOwner) -> Response:
     m = service.get_owned(session, owner, measurement_id)
     points = service.points_of(session, m)
-    png = await run_in_threadpool(curve_png, points, dict(m.summary or {}), m.id)
+    summary = MeasurementSummary.model_validate(m.summary)
+    png = await run_in_threadpool(curve_png, points, summary, m.id)
     return Response(png, media_type="image/png")

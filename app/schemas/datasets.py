@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_TEST_FRACTION = 0.1  # held-out share of uploaded and built-in sets
-DEFAULT_SPLIT_SEED = 0
+from core.contract import DEFAULT_SPLIT_SEED, DEFAULT_TEST_FRACTION, DatasetSplit
+
 DEFAULT_MIXTURE_SAMPLES = 4096
 
 Layout = Literal["auto", "vector", "nchw", "nhwc", "nhw"]
@@ -78,7 +78,7 @@ class DatasetPublic(BaseModel):
     scaling: dict[str, Any] | None = Field(description="The scaling rule applied to the upload.")
     num_classes: int | None
     has_labels: bool
-    split: dict[str, Any] = Field(description="{test_fraction, seed, n_train, n_test, held_out}.")
+    split: DatasetSplit
     mixture: dict[str, Any] | None = Field(description="Mixture parameters (weights, means, stds).")
     sha256: str = Field(description="Hash of the stored canonical .npz blob.")
     source_sha256: str | None = Field(description="Hash of the uploaded bytes.")

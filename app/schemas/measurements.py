@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from pydantic import BaseModel, Field
+
+from core.contract import (
+    DataEntropySummary,
+    DensityBoundSummary,
+    MeasurementSummary,
+    NeuralEntropySummary,
+    Reproducibility,
+    TotalEntropySummary,
+)
 
 CURVE_COLUMNS = ("s", "rate", "rate_stderr", "cumulative", "cumulative_stderr",
                  "total_rate", "total_rate_stderr", "total_cumulative")
@@ -20,21 +28,20 @@ class MeasurementPublic(BaseModel):
     checkpoint_id: str | None
     epoch: int | None = Field(description="Training epoch of the measured weights, if known.")
     created_at: datetime
-    neural_entropy: dict[str, Any] | None = Field(
-        description="S_NN(T): {nats, bits, bits_per_dim, stderr (nats)}.")
-    total_entropy: dict[str, Any] | None = Field(
-        description="S_tot(T) {nats, stderr} when the data's score is known (mixtures), else null.")
-    density_bound: dict[str, Any] | None = Field(description="NLL bound when asked for, else null.")
-    data_entropy: dict[str, Any] | None = Field(description="h(p_data) estimate when asked for.")
+    neural_entropy: NeuralEntropySummary = Field(description="S_NN(T), the neural entropy.")
+    total_entropy: TotalEntropySummary | None = Field(
+        description="S_tot(T) when the data's score is known (mixtures), else null.")
+    density_bound: DensityBoundSummary | None = Field(
+        description="NLL bound when asked for, else null.")
+    data_entropy: DataEntropySummary | None = Field(
+        description="h(p_data) estimate when asked for, else null.")
     t_min: float | None
     t_max: float | None
-    n_evaluations: int | None = Field(description="Network evaluations the estimate used.")
-    dim: int | None
+    n_evaluations: int = Field(description="Network evaluations the estimate used.")
+    dim: int
     n_points: int = Field(description="Rows of the curve.")
-    summary: dict[str, Any] = Field(description="The stored summary document, as is.")
-    reproducibility: dict[str, Any] = Field(
-        description="data_sha256, dataset_id, split, process, network, training, estimator, seed, "
-        "device, code_version, checkpoint_id, epoch.")
+    summary: MeasurementSummary = Field(description="The stored summary document.")
+    reproducibility: Reproducibility
     links: dict[str, str]
 
 

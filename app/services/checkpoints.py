@@ -16,13 +16,13 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.artifacts import ArtifactStore
 from app.errors import ProblemError, conflict, not_found, unprocessable
 from app.schemas.checkpoints import CHECKPOINT_MEDIA_TYPE, CheckpointPublic
 from app.services.pages import newest_first_page
 from app.services.uploads import ReceivedUpload, too_large
-from app.settings import Settings
-from app.tables import Checkpoint, Job, JobStatus, Owner
+from core.artifacts import ArtifactStore
+from core.settings import Settings
+from core.tables import Checkpoint, Job, JobStatus, Owner
 from models.checkpoints.io import (
     CheckpointError,
     CheckpointTooLarge,

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import io
 import zipfile
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.artifacts import ArtifactStore
 from app.errors import ProblemError, conflict, not_found, over_limit, unprocessable
 from app.schemas.datasets import (
     DatasetPublic,
@@ -27,8 +26,10 @@ from app.schemas.datasets import (
 from app.services.npyfile import UploadError, read_uploaded_arrays
 from app.services.pages import newest_first_page
 from app.services.uploads import ReceivedUpload
-from app.settings import Settings
-from app.tables import Artifact, Dataset, Job, JobStatus, Owner
+from core.artifacts import ArtifactStore
+from core.contract import DatasetSplit
+from core.settings import Settings
+from core.tables import Artifact, Dataset, Job, JobStatus, Owner
 from models.data import DataError, DataSet, GaussianMixture, array_dataset, load_digits
 
 NPZ_MEDIA_TYPE = "application/x-npz"
@@ -89,10 +90,11 @@ def _check_elements(data: DataSet, settings: Settings, field: str) -> None:
         raise over_limit(field, n, settings.max_array_elements, "max_array_elements")
 
 
-def _split_info(data: DataSet, test_fraction: float, seed: int, held_out: str) -> dict[str, Any]:
+def _split_info(data: DataSet, test_fraction: float, seed: int,
+                held_out: Literal["split", "fresh_draws"]) -> dict[str, Any]:
     train, test = data.split(test_fraction, seed)
-    return {"test_fraction": test_fraction, "seed": seed, "n_train": len(train),
-            "n_test": len(test), "held_out": held_out}
+    return DatasetSplit(test_fraction=test_fraction, seed=seed, n_train=len(train),
+                        n_test=len(test), held_out=held_out).model_dump()
 
 
 def _store(session: Session, store: ArtifactStore, owner: Owner, data: DataSet, *,
@@ -182,7 +184,7 @@ def create_mixture(session: Session, store: ArtifactStore, settings: Settings, o
         raise over_limit("n_samples", spec.n_samples * mixture.dim, settings.max_array_elements,
                          "max_array_elements")
     data = mixture.as_dataset(spec.n_samples, spec.seed)
-    held_out = "fresh_draws" if spec.test_fraction == 0 else "split"
+    held_out: Literal["split", "fresh_draws"] = "fresh_draws" if spec.test_fraction == 0 else "split"
     split = _split_info(data, spec.test_fraction, spec.split_seed, held_out)
     params = {**mixture.to_dict(), "n_samples": spec.n_samples, "seed": spec.seed,
               "generator": None if spec.weights is not None else {

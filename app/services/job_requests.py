@@ -1,10 +1,7 @@
 """Resolving job requests: fill in every default, check consistency, apply the limits.
 
-The resolved request is the document stored in `Job.request` and read by the worker:
-
-    train:   {type, dataset_id, data_sha256, process, network, training, measurement, queue}
-    measure: {type, checkpoint_id, dataset_id, data_sha256, process, measurement, queue}
-    sample:  {type, checkpoint_id, n, seed, solver, steps, labels, queue}
+The result is a resolved spec of `core.contract` (`TrainJobSpec`, `MeasureJobSpec`,
+`SampleJobSpec`), stored in `Job.request` and read by the worker.
 
 Inconsistent settings get 422 naming the field (e.g. `training.milestones`); values over a cap
 get 422 naming the cap (e.g. MAX_EPOCHS). Nothing is trained or measured here, and CUDA is never
@@ -18,22 +15,29 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.errors import not_found, over_limit, unprocessable
-from app.schemas.jobs import (
-    MeasureJobCreate,
+from app.errors import over_limit, unprocessable
+from app.schemas.jobs import MeasureJobCreate, SampleJobCreate, TrainJobCreate
+from app.services.checkpoints import get_owned as get_checkpoint
+from app.services.datasets import get_owned as get_dataset
+from core.contract import (
+    NUM_STEPS_IMAGES,
+    NUM_STEPS_VECTORS,
+    MeasureJobSpec,
     MeasurementSpec,
     NetworkSpec,
-    SampleJobCreate,
-    TrainJobCreate,
+    QueueName,
+    ResolvedMeasurement,
+    ResolvedTraining,
+    SampleJobSpec,
+    TrainJobSpec,
 )
-from app.services.datasets import get_owned as get_dataset
-from app.settings import Settings
-from app.tables import Checkpoint, Dataset, Owner
+from core.settings import Settings
+from core.tables import Checkpoint, Dataset, Owner
 from models.entropy.estimators import MeasurementConfig
+from models.networks import MLPConfig, default_network_config, network_config_from_dict
 from models.processes import ForwardProcess, process_from_spec
 
-NUM_STEPS_VECTORS = 10  # paper: 10 throws per point for low-dimensional data
-NUM_STEPS_IMAGES = 1  # paper: 1 for images
+ResolvedSpec = TrainJobSpec | MeasureJobSpec | SampleJobSpec
 
 
 def default_measurement_samples() -> int:
@@ -52,16 +56,9 @@ def event_shape_of(row: Dataset) -> tuple[int, ...]:
     return tuple(int(d) for d in row.shape[1:])
 
 
-def checkpoint_owned(session: Session, owner: Owner, checkpoint_id: str) -> Checkpoint:
-    row = session.get(Checkpoint, checkpoint_id)
-    if row is None or row.owner_id != owner.id:
-        raise not_found("checkpoint", checkpoint_id, "checkpoint_id")
-    return row
-
-
 # ---- measurement ----
 def resolve_measurement(spec: MeasurementSpec, process: ForwardProcess, dataset: Dataset,
-                        settings: Settings) -> dict[str, Any]:
+                        settings: Settings) -> ResolvedMeasurement:
     if spec.n_times > settings.max_curve_points:
         raise over_limit("measurement.n_times", spec.n_times, settings.max_curve_points,
                          "max_curve_points")
@@ -91,27 +88,15 @@ def resolve_measurement(spec: MeasurementSpec, process: ForwardProcess, dataset:
         raise unprocessable(
             f"dataset {dataset.id} has no held-out points (test_fraction 0); measure on "
             "split 'train' or upload it with test_fraction > 0", "measurement.split")
-    return {"n_times": spec.n_times, "n_samples": n_samples, "seed": spec.seed,
-            "split": spec.split, "t_min": t_min, "t_max": t_max,
-            "density_bound": spec.density_bound, "data_entropy": spec.data_entropy}
+    return ResolvedMeasurement(n_times=spec.n_times, n_samples=n_samples, seed=spec.seed,
+                               split=spec.split, t_min=t_min, t_max=t_max,
+                               density_bound=spec.density_bound, data_entropy=spec.data_entropy)
 
 
 # ---- network ----
-def _config_shape(config: Any) -> tuple[int, ...] | None:
-    shape = getattr(config, "shape", None)
-    if shape is not None:
-        return tuple(int(d) for d in shape)
-    if hasattr(config, "in_channels") and hasattr(config, "image_size"):
-        size = int(config.image_size)
-        return (int(config.in_channels), size, size)
-    return None
-
-
 def resolve_network(spec: NetworkSpec, event_shape: tuple[int, ...], num_classes: int | None,
                     seed: int) -> dict[str, Any]:
     """Defaults for the data's shape, overridden by the request's keys; checked against the data."""
-    from models.networks import MLPConfig, default_network_config, network_config_from_dict
-
     overrides = dict(spec.model_extra or {})
     arch = spec.arch
     try:
@@ -138,16 +123,16 @@ def resolve_network(spec: NetworkSpec, event_shape: tuple[int, ...], num_classes
         bad = next((k for k in overrides if repr(k) in msg or k in msg), None)
         raise unprocessable(f"invalid network: {msg}", f"network.{bad}" if bad else "network") \
             from None
-    shape = _config_shape(config)
-    if shape is not None and math.prod(shape) != math.prod(event_shape):
+    shape = tuple(int(d) for d in config.shape)
+    if math.prod(shape) != math.prod(event_shape):
         field = "network.dim" if "dim" in doc else "network"
         raise unprocessable(f"the network takes samples of shape {list(shape)} "
                             f"({math.prod(shape)} numbers) but the data's have shape "
                             f"{list(event_shape)} ({math.prod(event_shape)})", field)
-    if shape is not None and len(shape) > 1 and shape != event_shape:
+    if len(shape) > 1 and shape != event_shape:
         raise unprocessable(f"the network takes samples of shape {list(shape)} but the data's "
                             f"have shape {list(event_shape)}", "network")
-    nc = getattr(config, "num_classes", None)
+    nc = config.num_classes
     if nc is not None and num_classes is None:
         raise unprocessable("a class-conditional network (num_classes set) needs a dataset with "
                             "labels", "network.num_classes")
@@ -159,46 +144,47 @@ def resolve_network(spec: NetworkSpec, event_shape: tuple[int, ...], num_classes
 
 # ---- training ----
 def resolve_training(req: TrainJobCreate, dataset: Dataset, settings: Settings
-                     ) -> dict[str, Any]:
-    t = req.training
-    if t.epochs > settings.max_epochs:
-        raise over_limit("training.epochs", t.epochs, settings.max_epochs, "max_epochs")
-    bad = [m for m in t.milestones if not 1 <= m <= t.epochs]
+                     ) -> ResolvedTraining:
+    spec = req.training
+    if spec.epochs > settings.max_epochs:
+        raise over_limit("training.epochs", spec.epochs, settings.max_epochs, "max_epochs")
+    bad = [m for m in spec.milestones if not 1 <= m <= spec.epochs]
     if bad:
-        raise unprocessable(f"milestones {bad} lie outside 1..epochs ({t.epochs})",
+        raise unprocessable(f"milestones {bad} lie outside 1..epochs ({spec.epochs})",
                             "training.milestones")
-    if len(set(t.milestones)) != len(t.milestones):
+    if len(set(spec.milestones)) != len(spec.milestones):
         raise unprocessable("milestones must not repeat", "training.milestones")
     n_train = int((dataset.split or {}).get("n_train", dataset.shape[0]))
-    if t.batch_size > n_train:
-        raise unprocessable(f"batch_size {t.batch_size} exceeds the {n_train} training points "
+    if spec.batch_size > n_train:
+        raise unprocessable(f"batch_size {spec.batch_size} exceeds the {n_train} training points "
                             f"of dataset {dataset.id}", "training.batch_size")
-    num_steps = t.num_steps
+    num_steps = spec.num_steps
     if num_steps is None:
         num_steps = NUM_STEPS_IMAGES if dataset.is_image else NUM_STEPS_VECTORS
-    return {"epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr, "num_steps": num_steps,
-            "seed": t.seed, "milestones": sorted(t.milestones), "weighting": t.weighting,
-            "grad_clip": t.grad_clip, "ema_decay": t.ema_decay}
+    return ResolvedTraining(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
+                            num_steps=num_steps, seed=spec.seed,
+                            milestones=sorted(spec.milestones), weighting=spec.weighting,
+                            grad_clip=spec.grad_clip, ema_decay=spec.ema_decay)
 
 
 # ---- whole requests ----
-def resolve_train(session: Session, owner: Owner, req: TrainJobCreate, settings: Settings
-                  ) -> tuple[dict[str, Any], Dataset]:
+def resolve_train(session: Session, owner: Owner, req: TrainJobCreate, settings: Settings,
+                  queue: QueueName) -> tuple[TrainJobSpec, Dataset]:
     dataset = get_dataset(session, owner, req.dataset_id, "dataset_id")
     process = build_process(req.process.model_dump())
     training = resolve_training(req, dataset, settings)
     network = resolve_network(req.network, event_shape_of(dataset), dataset.num_classes,
-                              training["seed"])
+                              training.seed)
     measurement = resolve_measurement(req.measurement, process, dataset, settings)
-    doc = {"type": "train", "dataset_id": dataset.id, "data_sha256": dataset.sha256,
-           "process": process.spec(), "network": network, "training": training,
-           "measurement": measurement}
-    return doc, dataset
+    spec = TrainJobSpec(type="train", dataset_id=dataset.id, data_sha256=dataset.sha256,
+                        process=process.spec(),  # type: ignore[arg-type]  # validated by pydantic
+                        network=network, training=training, measurement=measurement, queue=queue)
+    return spec, dataset
 
 
-def resolve_measure(session: Session, owner: Owner, req: MeasureJobCreate, settings: Settings
-                    ) -> tuple[dict[str, Any], Dataset, Checkpoint]:
-    checkpoint = checkpoint_owned(session, owner, req.checkpoint_id)
+def resolve_measure(session: Session, owner: Owner, req: MeasureJobCreate, settings: Settings,
+                    queue: QueueName) -> tuple[MeasureJobSpec, Dataset, Checkpoint]:
+    checkpoint = get_checkpoint(session, owner, req.checkpoint_id, "checkpoint_id")
     dataset = get_dataset(session, owner, req.dataset_id, "dataset_id")
     config = checkpoint.config or {}
     want = tuple(int(d) for d in config.get("event_shape") or ())
@@ -209,16 +195,18 @@ def resolve_measure(session: Session, owner: Owner, req: MeasureJobCreate, setti
     if config.get("num_classes") and dataset.num_classes is None:
         raise unprocessable(f"checkpoint {checkpoint.id} is class-conditional but dataset "
                             f"{dataset.id} has no labels", "dataset_id")
-    process = build_process(config.get("process") or {"kind": "vp"}, "checkpoint_id")
+    process = build_process(config["process"], "checkpoint_id")
     measurement = resolve_measurement(req.measurement, process, dataset, settings)
-    doc = {"type": "measure", "checkpoint_id": checkpoint.id, "dataset_id": dataset.id,
-           "data_sha256": dataset.sha256, "process": process.spec(), "measurement": measurement}
-    return doc, dataset, checkpoint
+    spec = MeasureJobSpec(type="measure", checkpoint_id=checkpoint.id, dataset_id=dataset.id,
+                          data_sha256=dataset.sha256,
+                          process=process.spec(),  # type: ignore[arg-type]  # validated by pydantic
+                          measurement=measurement, queue=queue)
+    return spec, dataset, checkpoint
 
 
-def resolve_sample(session: Session, owner: Owner, req: SampleJobCreate, settings: Settings
-                   ) -> tuple[dict[str, Any], Checkpoint]:
-    checkpoint = checkpoint_owned(session, owner, req.checkpoint_id)
+def resolve_sample(session: Session, owner: Owner, req: SampleJobCreate, settings: Settings,
+                   queue: QueueName) -> tuple[SampleJobSpec, Checkpoint]:
+    checkpoint = get_checkpoint(session, owner, req.checkpoint_id, "checkpoint_id")
     if req.n > settings.max_sample_count:
         raise over_limit("n", req.n, settings.max_sample_count, "max_sample_count")
     num_classes = (checkpoint.config or {}).get("num_classes")
@@ -232,6 +220,6 @@ def resolve_sample(session: Session, owner: Owner, req: SampleJobCreate, setting
             raise unprocessable(f"labels must lie in 0..{num_classes - 1}", "labels")
     elif num_classes:
         labels = [i % int(num_classes) for i in range(req.n)]  # classes in turn
-    doc = {"type": "sample", "checkpoint_id": checkpoint.id, "n": req.n, "seed": req.seed,
-           "solver": req.solver, "steps": req.steps, "labels": labels}
-    return doc, checkpoint
+    spec = SampleJobSpec(type="sample", checkpoint_id=checkpoint.id, n=req.n, seed=req.seed,
+                         solver=req.solver, steps=req.steps, labels=labels, queue=queue)
+    return spec, checkpoint

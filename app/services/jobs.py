@@ -11,36 +11,38 @@ import logging
 from typing import Any
 
 from redis import Redis
+from rq import Worker
+from rq.job import Job as RQJob
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from app import queue as rq_client
 from app.errors import ProblemError, conflict, not_found
 from app.schemas.jobs import (
     JobPublic,
     MeasureJobCreate,
     MilestonePublic,
-    Progress,
     SampleJobCreate,
     TrainJobCreate,
 )
 from app.services import job_requests
 from app.services.pages import newest_first_page
-from app.settings import Settings
-from app.tables import Job, JobMilestone, JobStatus, Owner, utcnow
+from core import queue as rq_client
+from core.contract import JobProgress, QueueName, parse_job_spec
+from core.settings import Settings
+from core.tables import Job, JobMilestone, JobStatus, Owner, utcnow
 
 log = logging.getLogger(__name__)
 
 JobRequest = TrainJobCreate | MeasureJobCreate | SampleJobCreate
 
 
-def choose_queue(requested: str, connection: Redis) -> str:
+def choose_queue(requested: str, connection: Redis) -> QueueName:
     """`gpu` or `cpu`; `auto` means gpu when a live RQ worker listens on the gpu queue."""
-    if requested != "auto":
-        return requested
+    if requested == "gpu":
+        return "gpu"
+    if requested == "cpu":
+        return "cpu"
     try:
-        from rq import Worker
-
         for worker in Worker.all(connection=connection):
             if "gpu" in worker.queue_names():
                 return "gpu"
@@ -54,20 +56,22 @@ def submit(session: Session, owner: Owner, req: JobRequest, settings: Settings,
     """Resolve `req`, create the job row `queued`, commit, and enqueue its id."""
     dataset_id: str | None = None
     checkpoint_id: str | None = None
+    queue_name = choose_queue(req.queue, connection)
+    spec: job_requests.ResolvedSpec
     if isinstance(req, TrainJobCreate):
-        doc, dataset = job_requests.resolve_train(session, owner, req, settings)
+        spec, dataset = job_requests.resolve_train(session, owner, req, settings, queue_name)
         dataset_id = dataset.id
     elif isinstance(req, MeasureJobCreate):
-        doc, dataset, checkpoint = job_requests.resolve_measure(session, owner, req, settings)
+        spec, dataset, checkpoint = job_requests.resolve_measure(session, owner, req, settings,
+                                                                 queue_name)
         dataset_id, checkpoint_id = dataset.id, checkpoint.id
     else:
-        doc, checkpoint = job_requests.resolve_sample(session, owner, req, settings)
+        spec, checkpoint = job_requests.resolve_sample(session, owner, req, settings, queue_name)
         checkpoint_id = checkpoint.id
-    queue_name = choose_queue(req.queue, connection)
-    doc["queue"] = queue_name
     job = Job(owner_id=owner.id, type=req.type, status=JobStatus.queued.value, queue=queue_name,
-              dataset_id=dataset_id, input_checkpoint_id=checkpoint_id, request=doc,
-              progress={"phase": "queued"})
+              dataset_id=dataset_id, input_checkpoint_id=checkpoint_id,
+              request=spec.model_dump(mode="json"),
+              progress=JobProgress(phase="queued").model_dump())
     session.add(job)
     session.commit()
     try:
@@ -126,21 +130,17 @@ def cancel(session: Session, owner: Owner, job_id: str, connection: Redis | None
 
 def _drop_from_queue(rq_job_id: str, connection: Redis) -> None:
     try:
-        from rq.job import Job as RQJob
-
         RQJob.fetch(rq_job_id, connection=connection).cancel()
     except Exception:  # noqa: BLE001 - best effort: the worker also checks the DB status
         log.info("could not remove RQ job %s from its queue", rq_job_id, exc_info=True)
 
 
 # ---- documents ----
-def _progress(job: Job) -> Progress:
-    raw: dict[str, Any] = dict(job.progress or {})
-    raw.setdefault("phase", job.status)
-    known = {k: raw.get(k) for k in Progress.model_fields}
+def _progress(job: Job) -> JobProgress:
+    raw: dict[str, Any] = {"phase": job.status, **(job.progress or {})}
     if job.status == JobStatus.succeeded.value:
-        known["fraction"] = 1.0
-    return Progress.model_validate(known)
+        raw["fraction"] = 1.0
+    return JobProgress.model_validate(raw)
 
 
 def job_links(job: Job) -> dict[str, str]:
@@ -172,7 +172,7 @@ def job_public(session: Session, job: Job) -> JobPublic:
         milestones=[MilestonePublic(epoch=m.epoch, measurement_id=m.measurement_id,
                                     checkpoint_id=m.checkpoint_id) for m in milestones],
         device=job.device, compute_seconds=job.compute_seconds, links=job_links(job),
-        request=job.request,
+        request=parse_job_spec(job.request),
     )
 
 

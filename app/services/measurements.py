@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -16,7 +15,8 @@ from app.schemas.measurements import (
     CurvePublic,
     MeasurementPublic,
 )
-from app.tables import CurvePoint, Measurement, Owner
+from core.contract import MeasurementSummary, Reproducibility
+from core.tables import CurvePoint, Measurement, Owner
 
 TOTAL_COLUMNS = ("total_rate", "total_rate_stderr", "total_cumulative")
 
@@ -49,16 +49,17 @@ def _links(m: Measurement) -> dict[str, str]:
 
 
 def measurement_public(session: Session, m: Measurement) -> MeasurementPublic:
-    s: dict[str, Any] = dict(m.summary or {})
+    s = MeasurementSummary.model_validate(m.summary)
     n_points = session.scalar(select(func.count()).select_from(CurvePoint)
                               .where(CurvePoint.measurement_id == m.id)) or 0
     return MeasurementPublic(
         id=m.id, job_id=m.job_id, dataset_id=m.dataset_id, checkpoint_id=m.checkpoint_id,
-        epoch=m.epoch, created_at=m.created_at, neural_entropy=s.get("neural_entropy"),
-        total_entropy=s.get("total_entropy"), density_bound=s.get("density_bound"),
-        data_entropy=s.get("data_entropy"), t_min=s.get("t_min"), t_max=s.get("t_max"),
-        n_evaluations=s.get("n_evaluations"), dim=s.get("dim"), n_points=int(n_points),
-        summary=s, reproducibility=dict(m.reproducibility or {}), links=_links(m),
+        epoch=m.epoch, created_at=m.created_at, neural_entropy=s.neural_entropy,
+        total_entropy=s.total_entropy, density_bound=s.density_bound,
+        data_entropy=s.data_entropy, t_min=s.t_min, t_max=s.t_max,
+        n_evaluations=s.n_evaluations, dim=s.dim, n_points=int(n_points),
+        summary=s, reproducibility=Reproducibility.model_validate(m.reproducibility),
+        links=_links(m),
     )
 
 

@@ -20,8 +20,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import queue as rq_client
-from app.tables import Job, JobStatus
+from core import queue as rq_client
+from core.tables import Job, JobStatus
 
 log = logging.getLogger(__name__)
 

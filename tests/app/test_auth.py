@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.auth import hash_key
-from app.settings import Settings
-from app.tables import ApiKey, utcnow
+from core.keys import hash_key
+from core.settings import Settings
+from core.tables import ApiKey, utcnow
 from tests.app.helpers import assert_problem, create_mixture
 
 ROOT = Path(__file__).resolve().parents[2]

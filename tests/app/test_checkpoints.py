@@ -23,8 +23,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.main import create_app
-from app.settings import Settings
-from app.tables import Checkpoint, Job, JobStatus
+from core.settings import Settings
+from core.tables import Checkpoint, Job, JobStatus
 from models.checkpoints.io import METADATA_KEY, CheckpointConfig, read_checkpoint, write_checkpoint
 from models.networks import MLPConfig, build_network
 from tests.app.helpers import assert_problem
@@ -114,15 +114,21 @@ def test_list_is_paginated_newest_first(api: TestClient, good: bytes) -> None:
     assert api.get("/v1/checkpoints", params={"source": "training"}).json()["total"] == 0
 
 
+def small_mlp_config(process: dict[str, Any], provenance: dict[str, Any]) -> CheckpointConfig:
+    """The config a train job writes for SMALL_MLP on 2-D data."""
+    return CheckpointConfig.from_dict({
+        "network": SMALL_MLP, "process": process, "event_shape": [2],
+        "parametrization": "entropy_matching", "value_range": None, "num_classes": None,
+        "provenance": provenance})
+
+
 def test_training_checkpoints_are_listed_and_downloadable(
         api: TestClient, session: Session, owner_key: tuple[str, str],
         state_dict: dict[str, torch.Tensor]) -> None:
-    from worker.checkpoints import checkpoint_config, store_checkpoint
+    from worker.checkpoints import store_checkpoint
 
     net = build_network(MLPConfig(**{k: v for k, v in SMALL_MLP.items() if k != "arch"}))
-    config = checkpoint_config(network=SMALL_MLP, process={"kind": "sl"}, event_shape=(2,),
-                               value_range=None, num_classes=None,
-                               provenance={"source": "training", "job_id": "job_x", "epoch": 5})
+    config = small_mlp_config({"kind": "sl"}, {"source": "training", "job_id": "job_x", "epoch": 5})
     row = store_checkpoint(session, net, config, owner_id=owner_key[0], job_id="job_x", epoch=5)
     session.commit()
     page = api.get("/v1/checkpoints", params={"source": "training", "job_id": "job_x"}).json()
@@ -323,12 +329,11 @@ def _measure(api: TestClient, checkpoint_id: str, dataset_id: str) -> dict[str, 
 def test_downloaded_training_checkpoint_reuploaded_measures_bit_for_bit(
         api: TestClient, session: Session, owner_key: tuple[str, str], tmp_path: Any) -> None:
     from tests.app.helpers import create_mixture
-    from worker.checkpoints import checkpoint_config, store_checkpoint
+    from worker.checkpoints import store_checkpoint
 
     dataset = create_mixture(api)
     net = build_network(MLPConfig(**{k: v for k, v in SMALL_MLP.items() if k != "arch"}))
-    config = checkpoint_config(network=SMALL_MLP, process={"kind": "vp"}, event_shape=(2,),
-                               value_range=None, num_classes=None, provenance={"epoch": 1})
+    config = small_mlp_config({"kind": "vp"}, {"epoch": 1})
     trained = store_checkpoint(session, net, config, owner_id=owner_key[0], job_id=None, epoch=1)
     session.commit()
     uploaded = created(api, api.get(f"/v1/checkpoints/{trained.id}/download").content)

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.settings import Settings
-from app.tables import Job, JobStatus
+from core.settings import Settings
+from core.tables import Job, JobStatus
 from models.data import GaussianMixture
 from tests.app.helpers import MIXTURE, assert_problem, create_mixture, npy_bytes, upload
 

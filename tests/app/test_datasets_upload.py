@@ -18,7 +18,7 @@ from starlette.requests import Request
 from app.errors import ProblemError
 from app.main import create_app
 from app.services.uploads import receive_multipart
-from app.settings import Settings
+from core.settings import Settings
 from tests.app.helpers import assert_problem, npy_bytes, npz_bytes, upload, zip_with_members
 
 State = Callable[[], dict[str, Any]]

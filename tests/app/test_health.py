@@ -9,7 +9,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.settings import Settings
+from core.settings import Settings
 from tests.app.helpers import create_mixture
 
 
@@ -95,3 +95,36 @@ def test_openapi_documents_every_route(client: TestClient) -> None:
                  "JobPublic", "MeasurementPublic"):
         assert name in schemas, name
     assert schemas["TrainingSpec"]["properties"]["epochs"]["default"] == 50
+
+
+def _resolve(doc: dict, schema: dict) -> dict:
+    """Follow a `$ref` (or a single-entry anyOf with null) to the component it names."""
+    for option in schema.get("anyOf", []):
+        if option.get("type") != "null":
+            schema = option
+    ref = schema.get("$ref")
+    return doc["components"]["schemas"][ref.rsplit("/", 1)[-1]] if ref else schema
+
+
+def test_openapi_types_the_result_documents_field_by_field(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    ok = doc["paths"]["/v1/measurements/{measurement_id}"]["get"]["responses"]["200"]
+    measurement = _resolve(doc, ok["content"]["application/json"]["schema"])
+    props = measurement["properties"]
+    neural = _resolve(doc, props["neural_entropy"])["properties"]
+    assert {"nats", "bits", "bits_per_dim", "stderr"} <= set(neural)
+    assert all(neural[k]["type"] == "number" for k in ("nats", "bits", "bits_per_dim", "stderr"))
+    assert {"nats", "bits", "stderr"} <= set(_resolve(doc, props["total_entropy"])["properties"])
+    assert {"nats", "bits_per_dim", "prior_nats"} <= set(
+        _resolve(doc, props["density_bound"])["properties"])
+    assert {"nats", "stderr"} <= set(_resolve(doc, props["data_entropy"])["properties"])
+    summary = _resolve(doc, props["summary"])["properties"]
+    assert {"neural_entropy", "total_entropy", "n_evaluations", "dim"} <= set(summary)
+    repro = _resolve(doc, props["reproducibility"])["properties"]
+    assert {"data_sha256", "process", "estimator", "seed", "code_version"} <= set(repro)
+    job = _resolve(doc, doc["paths"]["/v1/jobs/{job_id}"]["get"]["responses"]["200"]["content"]
+                   ["application/json"]["schema"])
+    request = job["properties"]["request"]
+    kinds = {_resolve(doc, option)["title"] for option in request["oneOf"]}
+    assert kinds == {"TrainJobSpec", "MeasureJobSpec", "SampleJobSpec"}
+    assert _resolve(doc, job["properties"]["progress"])["title"] == "JobProgress"

@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 
 from app.main import create_app
-from app.settings import Settings
+from core.settings import Settings
 from tests.app.helpers import MIXTURE, npy_bytes
 
 

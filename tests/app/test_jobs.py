@@ -13,8 +13,8 @@ from rq import Queue
 from sqlalchemy.orm import Session
 
 from app.main import create_app
-from app.settings import Settings
-from app.tables import Artifact, Checkpoint, Job, JobMilestone, JobStatus, utcnow
+from core.settings import Settings
+from core.tables import Artifact, Checkpoint, Job, JobMilestone, JobStatus, utcnow
 from tests.app.helpers import assert_problem, create_mixture, npy_bytes, upload
 
 State = Callable[[], dict[str, Any]]
@@ -216,7 +216,7 @@ def test_sample_job_and_its_outputs(api: TestClient, session: Session, settings:
                               "solver": "heun", "steps": 100, "labels": None, "queue": "cpu"}
     assert_problem(api.get(f"/v1/jobs/{job['id']}/samples.npy"), 409)
     # the worker's part, done by hand: store samples and succeed
-    from app.artifacts import get_artifact_store
+    from core.artifacts import get_artifact_store
 
     samples = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
     store = get_artifact_store(settings)

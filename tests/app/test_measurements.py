@@ -12,21 +12,21 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from app.tables import CurvePoint, Measurement
+from core.tables import CurvePoint, Measurement
 from tests.app.helpers import assert_problem
 
 SUMMARY = {
     "neural_entropy": {"nats": 1.05, "bits": 1.05 / math.log(2), "bits_per_dim": 0.757,
-                       "stderr": 0.006},
-    "total_entropy": {"nats": 1.148, "stderr": 0.004},
+                       "stderr": 0.006, "stderr_bits": 0.006 / math.log(2)},
+    "total_entropy": {"nats": 1.148, "bits": 1.148 / math.log(2), "stderr": 0.004},
     "density_bound": None, "data_entropy": None, "t_min": 1e-5, "t_max": 1.0,
-    "n_evaluations": 65536, "dim": 2,
+    "n_evaluations": 65536, "dim": 2, "n_pool": 10_000,
 }
 REPRO = {"data_sha256": "ab" * 32, "dataset_id": "ds_x", "split": "test",
          "process": {"kind": "vp", "beta_min": 0.1, "beta_max": 16.0, "kappa": 1.0},
          "network": {"arch": "mlp"}, "training": {"epochs": 10}, "estimator": {"n_times": 64},
-         "seed": 0, "device": "cpu", "code_version": "0.1.0", "checkpoint_id": None,
-         "epoch": 10}
+         "parametrization": "entropy_matching", "seed": 0, "device": "cpu",
+         "code_version": "0.1.0", "torch_version": "2.13.0", "checkpoint_id": None, "epoch": 10}
 
 
 def insert_measurement(session: Session, owner_id: str, with_total: bool = True,
@@ -59,7 +59,8 @@ def test_summary_has_entropies_and_reproducibility(api: TestClient,
     doc = api.get(f"/v1/measurements/{mid}").json()
     assert doc["id"] == mid and doc["n_points"] == 64
     assert doc["neural_entropy"] == SUMMARY["neural_entropy"]
-    assert doc["total_entropy"] == {"nats": 1.148, "stderr": 0.004}
+    assert doc["total_entropy"] == SUMMARY["total_entropy"]
+    assert doc["summary"] == SUMMARY
     assert doc["density_bound"] is None and (doc["t_min"], doc["t_max"]) == (1e-5, 1.0)
     assert doc["reproducibility"] == REPRO
     assert doc["links"]["plot"] == f"/v1/measurements/{mid}/plot.png"

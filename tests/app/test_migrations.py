@@ -12,9 +12,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from app.cli import alembic_config
-from app.db import engine_for, make_engine
-from app.tables import Base
+from core.db import engine_for, make_engine
+from core.migrations import alembic_config
+from core.tables import Base
 
 ROOT = Path(__file__).resolve().parents[2]
 

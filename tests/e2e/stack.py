@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 from sqlalchemy.orm import Session
 
-from app.auth import create_api_key
-from app.db import engine_for
+from core.db import engine_for
+from core.keys import create_api_key
 from tests.e2e.procs import clean_env, free_port, http_ok, spawn, stop, wait_until
 
 FINAL = {"succeeded", "failed", "canceled"}
@@ -47,7 +47,7 @@ class Stack:
 def migrate(url: str) -> None:
     from alembic import command
 
-    from app.cli import alembic_config
+    from core.migrations import alembic_config
 
     command.upgrade(alembic_config(url), "head")
 

@@ -30,7 +30,7 @@ def data_dir() -> Iterator[Path]:
 
 
 def _start(data_dir: Path, port: int, log: Path):
-    proc = spawn(["-m", "app.embedded"], clean_env(DATA_DIR=str(data_dir), PORT=str(port)), log)
+    proc = spawn(["-m", "runner"], clean_env(DATA_DIR=str(data_dir), PORT=str(port)), log)
     key_file = data_dir / "api-key"
     seen_before_listen = []
 

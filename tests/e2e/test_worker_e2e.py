@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
-from app.db import engine_for
-from app.tables import Job
+from core.db import engine_for
+from core.tables import Job
 from tests.conftest import postgres_schema_url, postgres_target
 from tests.e2e.procs import wait_until
 from tests.e2e.stack import Stack, running_stack, wait_for_job

@@ -1,6 +1,6 @@
 """Fixtures for the worker tests, on top of tests/conftest.py's `settings` (a migrated SQLite file
 database and a PostgreSQL schema when it answers, the bundled Redis flushed, a fresh DATA_DIR),
-wired into `app.settings` through the environment as in production."""
+wired into `core.settings` through the environment as in production."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 
 PROGRESS_INTERVAL_FOR_TESTS = "0.2"  # seconds between progress writes
 

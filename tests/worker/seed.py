@@ -9,8 +9,9 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from app.artifacts import get_artifact_store
-from app.tables import Dataset, Job, Owner
+from core.artifacts import get_artifact_store
+from core.contract import TrainJobSpec, parse_job_spec
+from core.tables import Dataset, Job, Owner
 from models.data import GaussianMixture
 
 MIXTURE = {
@@ -24,7 +25,7 @@ TINY_MLP = {
     "event_shape": None, "seed": 0,
 }
 TINY_MEASUREMENT = {
-    "n_times": 8, "n_samples": 1024, "seed": 0, "split": "test", "t_min": None, "t_max": None,
+    "n_times": 8, "n_samples": 1024, "seed": 0, "split": "test", "t_min": 1e-5, "t_max": 1.0,
     "density_bound": False, "data_entropy": False,
 }
 
@@ -61,7 +62,8 @@ def make_mixture_dataset(
 def train_request(dataset: Dataset, *, epochs: int = 2, milestones: list[int] | None = None,
                   batch_size: int = 50, measurement: dict[str, Any] | None = None,
                   **training: Any) -> dict[str, Any]:
-    return {
+    """A resolved train spec (`core.contract.TrainJobSpec`) as the API stores it."""
+    return TrainJobSpec.model_validate({
         "type": "train",
         "dataset_id": dataset.id,
         "data_sha256": dataset.sha256,
@@ -71,10 +73,12 @@ def train_request(dataset: Dataset, *, epochs: int = 2, milestones: list[int] | 
                      "seed": 0, "milestones": milestones or [], "weighting": "unit",
                      "grad_clip": None, "ema_decay": None, **training},
         "measurement": {**TINY_MEASUREMENT, **(measurement or {})},
-    }
+        "queue": "cpu",
+    }).model_dump(mode="json")
 
 
 def make_job(session: Session, owner: Owner, request: dict[str, Any], **columns: Any) -> Job:
+    parse_job_spec(request)  # a test job's request is a valid resolved spec
     job = Job(
         owner_id=owner.id, type=request["type"], queue="cpu", request=request,
         dataset_id=request.get("dataset_id"), input_checkpoint_id=request.get("checkpoint_id"),

@@ -25,7 +25,7 @@ def test_worker_start_up_path_leaves_cuda_alone(cuda_forbidden, monkeypatch,
     from worker.service_worker import ServiceWorker
 
     monkeypatch.delenv("WORKER_DEVICE", raising=False)
-    from app.settings import get_settings
+    from core.settings import get_settings
 
     get_settings.cache_clear()
     queues = devices.worker_queues()  # asks a subprocess

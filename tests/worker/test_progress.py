@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app.db import session_scope
-from app.tables import Job
+from core.db import session_scope
+from core.tables import Job
 from tests.worker.seed import make_job, make_mixture_dataset, make_owner, train_request
 from worker.progress import TRAINING_SHARE, ProgressReporter, TrainingClock
 

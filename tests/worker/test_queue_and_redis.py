@@ -9,7 +9,7 @@ import pytest
 from redis import Redis
 from rq.job import Job as RQJob
 
-from app.queue import (
+from core.queue import (
     FAILURE_TTL_SECONDS,
     JOB_FUNCTION,
     RESULT_TTL_SECONDS,
@@ -18,10 +18,9 @@ from app.queue import (
     redis_connection,
     redis_ping,
 )
-from app.redis_server import BundledRedis, RedisServerError
-from app.settings import get_settings
-from worker.errors import readable_error
-from worker.inputs import JobInputError
+from core.settings import get_settings
+from runner.redis_server import BundledRedis, RedisServerError
+from worker.errors import JobInputError, readable_error
 
 
 def test_enqueue_sets_explicit_timeout_and_ttls(redis_url: str, monkeypatch) -> None:

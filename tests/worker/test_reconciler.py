@@ -8,9 +8,9 @@ from redis import Redis
 from rq import Queue
 from rq.worker import Worker
 
-from app.db import session_scope
-from app.queue import enqueue_job, redis_connection
-from app.tables import Job, JobStatus, utcnow
+from core.db import session_scope
+from core.queue import enqueue_job, redis_connection
+from core.tables import Job, JobStatus, utcnow
 from tests.worker.seed import make_job, make_mixture_dataset, make_owner, train_request
 from worker.reconciler import MAX_ATTEMPTS, reconcile
 

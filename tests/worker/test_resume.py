@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.db import session_scope
-from app.tables import Job, Measurement
+from core.db import session_scope
+from core.tables import Job, Measurement
 from tests.worker.seed import make_job, make_mixture_dataset, make_owner, train_request
 from worker import jobs, train_job
 from worker.reconciler import reconcile
@@ -51,9 +51,9 @@ def test_crashed_train_job_resumes_and_matches_an_uninterrupted_run(
     seen: list[int | None] = []
     original_train = train_job.TrainRun._train
 
-    def spy(self, training, config, resume):
+    def spy(self, resume):
         seen.append(None if resume is None else resume.epoch)
-        return original_train(self, training, config, resume)
+        return original_train(self, resume)
 
     monkeypatch.setattr(train_job.TrainRun, "_train", spy)
     assert jobs.run_job(crashed) == "succeeded"

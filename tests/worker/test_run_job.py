@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from app.artifacts import get_artifact_store
-from app.db import session_scope
-from app.tables import Checkpoint, CurvePoint, Job, Measurement, Owner
+from core.artifacts import get_artifact_store
+from core.db import session_scope
+from core.tables import Checkpoint, CurvePoint, Job, Measurement, Owner
 from tests.worker.seed import (
     TINY_MEASUREMENT,
     make_job,
@@ -105,8 +105,9 @@ def test_measure_job_of_a_trained_checkpoint_reproduces_its_measurement(service_
         owner = session.get(Owner, src.owner_id)
         measure = make_job(session, owner, {
             "type": "measure", "checkpoint_id": trained.checkpoint_id,
-            "dataset_id": src.dataset_id, "process": src.request["process"],
-            "measurement": src.request["measurement"]}).id
+            "dataset_id": src.dataset_id, "data_sha256": src.request["data_sha256"],
+            "process": src.request["process"], "measurement": src.request["measurement"],
+            "queue": "cpu"}).id
     assert run_job(measure) == "succeeded", _job(measure).error
     a, _ = _measurement(trained.measurement_id)
     b, points = _measurement(_job(measure).measurement_id)
@@ -122,7 +123,7 @@ def test_sample_job_stores_a_npy_of_finite_samples(service_env) -> None:
         owner = session.get(Owner, session.get(Job, train_id).owner_id)
         sample = make_job(session, owner, {
             "type": "sample", "checkpoint_id": trained.checkpoint_id, "n": 16, "seed": 3,
-            "solver": "euler", "steps": 20, "labels": None}).id
+            "solver": "euler", "steps": 20, "labels": None, "queue": "cpu"}).id
     assert run_job(sample) == "succeeded", _job(sample).error
     job = _job(sample)
     assert job.samples_png_sha256 is None  # vectors: no image grid
@@ -223,7 +224,7 @@ def test_sample_job_of_an_image_checkpoint_also_stores_a_png_grid(service_env) -
                                 job_id=None, epoch=None)
         job_id = make_job(session, owner, {
             "type": "sample", "checkpoint_id": ckpt.id, "n": 6, "seed": 0, "solver": "euler",
-            "steps": 3, "labels": [0, 1, 2, 0, 1, 2]}).id
+            "steps": 3, "labels": [0, 1, 2, 0, 1, 2], "queue": "cpu"}).id
     assert run_job(job_id) == "succeeded", _job(job_id).error
     job = _job(job_id)
     png = get_artifact_store().read_bytes(job.samples_png_sha256)

@@ -1,0 +1,293 @@
+"""The one contract between the API and the worker: every job parameter's default, the resolved job
+specs, and the documents the worker writes back.
+
+- Request sections (`TrainingSpec`, `MeasurementSpec`, `SampleOptions`, the process specs) carry
+  the defaults a client gets; the API embeds them in its request bodies.
+- The API resolves a request into a `TrainJobSpec`, `MeasureJobSpec` or `SampleJobSpec` (every
+  field filled in, nothing left to default) and stores `spec.model_dump(mode="json")` in
+  `Job.request`; the worker reads it back with `parse_job_spec`. A resolved spec has no defaults:
+  a missing or unknown field is an error on both sides.
+- The worker writes `JobProgress` into `Job.progress`, and a `MeasurementSummary` and a
+  `Reproducibility` record on every `Measurement`; the API serves them as they are.
+- `DatasetSplit` is how a dataset row records its train/held-out split (written by the API,
+  read by the worker).
+
+Entropies are in nats unless a field says bits (bits = nats / ln 2; per dim divides by D).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+NUM_STEPS_VECTORS = 10  # throws per point per step for vector data (the paper's mixtures)
+NUM_STEPS_IMAGES = 1  # ... and for images (the paper's MNIST / CIFAR-10 runs)
+DEFAULT_TEST_FRACTION = 0.1  # held-out share of uploaded and built-in sets
+DEFAULT_SPLIT_SEED = 0
+
+QueueChoice = Literal["auto", "gpu", "cpu"]
+QueueName = Literal["gpu", "cpu"]
+Weighting = Literal["unit", "likelihood"]
+Split = Literal["test", "train"]
+Solver = Literal["heun", "euler", "adaptive"]
+JobTypeName = Literal["train", "measure", "sample"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- forward processes (docs/math.md §1; the paper's defaults) ----
+class VPSpec(_Strict):
+    """Variance preserving: beta(s) = beta_min + (beta_max - beta_min) s; kappa = 0.1 is "VPx"."""
+
+    kind: Literal["vp"] = "vp"
+    beta_min: float = Field(0.1, ge=0)
+    beta_max: float = Field(16.0, gt=0)
+    kappa: float = Field(1.0, gt=0)
+
+
+class SLSpec(_Strict):
+    """Straight line: mu = 1 - s, Sigma^2 = sigma0^2 (1 - (1 - s)^2), on [1e-5, 1 - 1e-5]."""
+
+    kind: Literal["sl"] = "sl"
+    sigma0: float = Field(0.1, gt=0)
+
+
+class VPCosineSpec(_Strict):
+    """Cosine-schedule VP on [1e-5, 1 - 1e-3]."""
+
+    kind: Literal["vp_cosine"] = "vp_cosine"
+    kappa: float = Field(1.0, gt=0)
+    c: float = Field(0.008, gt=0)
+
+
+class VESpec(_Strict):
+    """Variance exploding: no drift, geometric sigma from sigma_min to sigma_max."""
+
+    kind: Literal["ve"] = "ve"
+    sigma_min: float = Field(0.01, gt=0)
+    sigma_max: float = Field(50.0, gt=0)
+
+
+ProcessSpec = Annotated[VPSpec | SLSpec | VPCosineSpec | VESpec, Field(discriminator="kind")]
+DEFAULT_PROCESS: ProcessSpec = VPSpec()
+
+
+# ---- request sections, with the defaults a client gets ----
+class NetworkSpec(BaseModel):
+    """Network architecture. Default: the paper's MLP for vector data, a small U-Net for images
+    (`models.networks.default_network_config`). Any other key overrides a field of that config
+    (e.g. `{"arch": "mlp", "width": 256}`); the resolved config is stored on the job."""
+
+    model_config = ConfigDict(extra="allow")
+
+    arch: Literal["mlp", "unet"] | None = Field(None, description="Default: by the data's shape.")
+
+
+class TrainingSpec(_Strict):
+    epochs: int = Field(50, ge=1, description="Passes over the training split (cap MAX_EPOCHS).")
+    batch_size: int = Field(40, ge=1, description="Data points per step (<= training points).")
+    lr: float = Field(1e-4, gt=0, le=1.0, description="Adam learning rate.")
+    num_steps: int | None = Field(
+        None, ge=1, le=1000,
+        description=f"(s, z) throws per data point per step; default {NUM_STEPS_VECTORS} for "
+        f"vectors, {NUM_STEPS_IMAGES} for images.")
+    seed: int = Field(0, ge=0, description="Seed of initialisation and training noise.")
+    milestones: list[int] = Field(
+        default_factory=list,
+        description="Epochs (1..epochs) after which a checkpoint and a measurement are made.")
+    weighting: Weighting = Field("unit", description="Loss weight lambda(s).")
+    grad_clip: float | None = Field(None, gt=0, description="Max gradient norm; null: no clip.")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of weights; null: off.")
+
+
+class MeasurementSpec(_Strict):
+    n_times: int = Field(64, ge=2, description="Curve points (cap MAX_CURVE_POINTS).")
+    n_samples: int | None = Field(
+        None, ge=1,
+        description="Network evaluations for the whole curve, over all times; default: the "
+        "estimator's own (65536) (cap MAX_N_SAMPLES).")
+    seed: int = Field(0, ge=0, description="Seed of the measurement's draws.")
+    split: Split = Field(
+        "test", description="Data to measure on: held-out (default; fresh draws for a mixture) "
+        "or the training split.")
+    t_min: float | None = Field(None, gt=0, description="Start of the curve; default process's.")
+    t_max: float | None = Field(None, gt=0, description="T; default the process's end time.")
+    density_bound: bool = Field(False, description="Also compute the NLL bound (nats, bits/dim).")
+    data_entropy: bool = Field(False, description="Also estimate the data entropy h(p_data).")
+
+
+class SampleOptions(_Strict):
+    """How to draw samples from a checkpoint by the probability-flow ODE."""
+
+    n: int = Field(64, ge=1, description="Number of samples (cap MAX_SAMPLE_COUNT).")
+    seed: int = Field(0, ge=0)
+    solver: Solver = "heun"
+    steps: int = Field(100, ge=1, le=10_000, description="Steps of the fixed-step solvers.")
+    labels: list[int] | None = Field(None, description="Class labels (class-conditional models).")
+
+
+# ---- resolved specs: what the API stores in Job.request and the worker runs ----
+class ResolvedTraining(_Strict):
+    """`TrainingSpec` with every default filled in (fields of `models.training.TrainingConfig`)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    num_steps: int
+    seed: int
+    milestones: list[int]
+    weighting: Weighting
+    grad_clip: float | None
+    ema_decay: float | None
+
+
+class ResolvedMeasurement(_Strict):
+    """`MeasurementSpec` with the estimator's budget and the process's time range filled in."""
+
+    n_times: int
+    n_samples: int
+    seed: int
+    split: Split
+    t_min: float
+    t_max: float
+    density_bound: bool
+    data_entropy: bool
+
+
+class TrainJobSpec(_Strict):
+    type: Literal["train"]
+    dataset_id: str
+    data_sha256: str
+    process: ProcessSpec
+    network: dict[str, Any] = Field(
+        description="The resolved network config (`models.networks` config.to_dict(), with arch).")
+    training: ResolvedTraining
+    measurement: ResolvedMeasurement
+    queue: QueueName
+
+
+class MeasureJobSpec(_Strict):
+    type: Literal["measure"]
+    checkpoint_id: str
+    dataset_id: str
+    data_sha256: str
+    process: ProcessSpec
+    measurement: ResolvedMeasurement
+    queue: QueueName
+
+
+class SampleJobSpec(_Strict):
+    type: Literal["sample"]
+    checkpoint_id: str
+    n: int
+    seed: int
+    solver: Solver
+    steps: int
+    labels: list[int] | None = Field(description="One class label per sample, or null.")
+    queue: QueueName
+
+
+JobSpec = Annotated[TrainJobSpec | MeasureJobSpec | SampleJobSpec, Field(discriminator="type")]
+_JOB_SPEC: TypeAdapter[TrainJobSpec | MeasureJobSpec | SampleJobSpec] = TypeAdapter(JobSpec)
+
+
+def parse_job_spec(doc: Mapping[str, Any]) -> TrainJobSpec | MeasureJobSpec | SampleJobSpec:
+    """The resolved spec stored in `Job.request` (pydantic ValidationError if it is not one)."""
+    return _JOB_SPEC.validate_python(dict(doc))
+
+
+# ---- dataset rows ----
+class DatasetSplit(_Strict):
+    """How a dataset row is split: the held-out share and seed, the resulting sizes, and where
+    held-out data come from (`split`: that share of the set; `fresh_draws`: new mixture draws)."""
+
+    test_fraction: float
+    seed: int
+    n_train: int
+    n_test: int
+    held_out: Literal["split", "fresh_draws"]
+
+
+# ---- documents the worker writes ----
+class JobProgress(BaseModel):
+    phase: str = Field(description="queued | starting | training | milestone | measuring | "
+                       "loading | sampling | done | failed | canceled")
+    epoch: int | None = None
+    epochs: int | None = None
+    loss: float | None = None
+    fraction: float | None = Field(None, description="0..1 of the whole job.")
+    eta_seconds: float | None = None
+
+
+class NeuralEntropySummary(BaseModel):
+    """S_NN(T), the neural entropy, with its standard error."""
+
+    nats: float
+    bits: float
+    bits_per_dim: float
+    stderr: float = Field(description="Standard error in nats.")
+    stderr_bits: float = Field(description="Standard error in bits.")
+
+
+class TotalEntropySummary(BaseModel):
+    """S_TOT(T), the entropy the diffusion produces (known when the data's score is: mixtures)."""
+
+    nats: float
+    bits: float
+    stderr: float = Field(description="Standard error in nats.")
+
+
+class DensityBoundSummary(BaseModel):
+    """Upper bound on the mean -log p(x) over the measured data (docs/math.md §3.5)."""
+
+    nats: float = Field(description="Per data point.")
+    stderr: float
+    bits_per_dim: float = Field(description="Includes offset_bits_per_dim for 8-bit images.")
+    bits_per_dim_stderr: float
+    prior_nats: float = Field(description="The exact E[-log pi(y_T)] part of `nats`.")
+    offset_bits_per_dim: float = Field(description="8-bit discretisation offset (0 if none).")
+
+
+class DataEntropySummary(BaseModel):
+    """h(p_data) estimated as E[-log p_eq(x)] - S_NN(T) - KL(p_T || p_eq) (docs/math.md §3.6)."""
+
+    nats: float
+    stderr: float
+
+
+class MeasurementSummary(BaseModel):
+    """The numbers of one measurement (`Measurement.summary`)."""
+
+    neural_entropy: NeuralEntropySummary
+    total_entropy: TotalEntropySummary | None = Field(
+        description="S_tot(T) when the data's score is known (mixtures), else null.")
+    density_bound: DensityBoundSummary | None = Field(description="When asked for, else null.")
+    data_entropy: DataEntropySummary | None = Field(description="When asked for, else null.")
+    t_min: float | None = Field(description="Start of the integral.")
+    t_max: float | None = Field(description="End T of the integral.")
+    n_evaluations: int = Field(description="Network evaluations the estimate used.")
+    dim: int = Field(description="Numbers per data point D.")
+    n_pool: int | None = Field(None, description="Data points the x0 were drawn from.")
+
+
+class Reproducibility(BaseModel):
+    """Everything needed to reproduce a measurement (`Measurement.reproducibility`)."""
+
+    data_sha256: str | None
+    dataset_id: str | None
+    split: Split | None
+    process: dict[str, Any] = Field(description="The process spec, every field.")
+    network: dict[str, Any] | None = Field(description="The network config, every field.")
+    parametrization: str = Field(description="entropy_matching | score | noise.")
+    training: dict[str, Any] | None = Field(description="The resolved training settings, if known.")
+    estimator: dict[str, Any] = Field(description="`models.entropy.MeasurementConfig`, every field.")
+    seed: int | None = Field(description="Seed of the measurement's draws.")
+    device: str | None
+    code_version: str
+    torch_version: str
+    checkpoint_id: str | None
+    epoch: int | None

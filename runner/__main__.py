@@ -1,0 +1,5 @@
+import sys
+
+from runner.embedded import main
+
+sys.exit(main())
