@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from core.contract import MeasurementSummary
+from core.contract import Convergence, MeasurementSummary
 from core.tables import CurvePoint
 
 
@@ -57,6 +57,43 @@ def curve_png(points: Sequence[CurvePoint], summary: MeasurementSummary, title: 
     for ax in (ax_rate, ax_cum):
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def convergence_plot_png(convergence: Convergence, title: str = "") -> bytes:
+    """PNG bytes: a train job's S_NN estimates over the epochs (log axis, ±2 stderr bars), the
+    fitted trend against log(epoch) over its window, where it extrapolates, and the verdict."""
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    points = convergence.trajectory
+    epochs = [p.epoch for p in points]
+    ax.errorbar(epochs, [p.nats for p in points], yerr=[2 * p.stderr for p in points], fmt="o",
+                color="C0", markersize=3, capsize=2, label="S_NN estimates (±2 stderr)")
+    window, ext, level = convergence.window, convergence.extrapolated, convergence.level_nats
+    if window is not None and ext is not None and level is not None:
+        first, last = window
+        slope = (ext.nats - level) / math.log(ext.epoch / last)
+        xs = [first, last, ext.epoch]
+        ax.plot(xs, [level + slope * math.log(x / last) for x in xs], color="C1", linestyle="--",
+                label="trend against log(epoch)")
+    if convergence.stopped_at_epoch is not None:
+        ax.axvline(convergence.stopped_at_epoch, color="C2", linewidth=1, label="stopped")
+    if epochs and min(epochs) > 0:
+        ax.set_xscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("S_NN (nats)")
+    drift = convergence.relative_drift
+    drift_text = "" if drift is None else f", {drift:+.1%} per doubling"
+    ax.set_title(f"{convergence.verdict} (tolerance {convergence.tolerance:.0%}{drift_text})",
+                 fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

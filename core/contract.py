@@ -30,9 +30,24 @@ DEFAULT_SPLIT_SEED = 0
 QueueChoice = Literal["auto", "gpu", "cpu"]
 QueueName = Literal["gpu", "cpu"]
 Weighting = Literal["unit", "likelihood"]
-Split = Literal["test", "train"]
+Split = Literal["test", "train", "both"]
 Solver = Literal["heun", "euler", "adaptive"]
 JobTypeName = Literal["train", "measure", "sample"]
+RecipeName = Literal["converged", "paper"]
+LrSchedule = Literal["constant", "cosine"]
+DEFAULT_CONVERGENCE_TOLERANCE = 0.02  # relative drift of S_NN per doubling of the epochs
+
+# Training recipes: the fields of `models.training.TrainingConfig` each one sets. "paper" is the
+# paper's recipe exactly (constant lr, live weights, times uniform in s); "converged" is the
+# default, chosen by bench/bench_recipes.py on mixtures it was not tuned on (docs/recipes.md).
+TRAINING_RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {"batch_size": 40, "lr": 1e-4, "weighting": "unit", "grad_clip": None,
+              "ema_decay": None, "lr_schedule": "constant", "lr_final_fraction": 0.0,
+              "warmup_steps": 0, "log_snr_share": 0.0},
+    "converged": {"batch_size": 40, "lr": 5e-4, "weighting": "unit", "grad_clip": None,
+                  "ema_decay": 0.999, "lr_schedule": "cosine", "lr_final_fraction": 0.1,
+                  "warmup_steps": 500, "log_snr_share": 1.0},
+}
 
 
 class _Strict(BaseModel):
@@ -88,9 +103,19 @@ class NetworkSpec(BaseModel):
 
 
 class TrainingSpec(_Strict):
-    epochs: int = Field(50, ge=1, description="Passes over the training split (cap MAX_EPOCHS).")
-    batch_size: int = Field(40, ge=1, description="Data points per step (<= training points).")
-    lr: float = Field(1e-4, gt=0, le=1.0, description="Adam learning rate.")
+    """Training settings. `recipe` sets every optimisation field; any field given here overrides
+    that one field and keeps the rest of the recipe (so `lr` is the peak of the recipe's schedule).
+    Fields left out take the recipe's value; `grad_clip: null` / `ema_decay: null` turn them off."""
+
+    recipe: RecipeName = Field(
+        "converged", description="converged: the default, measured to converge (docs/recipes.md); "
+        "paper: the paper's recipe exactly (constant lr 1e-4, live weights, times uniform in s).")
+    epochs: int = Field(50, ge=1, description="Passes over the training split (cap MAX_EPOCHS); "
+                        "the cap when stop_when_converged.")
+    batch_size: int | None = Field(None, ge=1, description="Data points per step (<= training "
+                                   "points); default: the recipe's.")
+    lr: float | None = Field(None, gt=0, le=1.0, description="Adam learning rate, the peak of "
+                             "the schedule; default: the recipe's.")
     num_steps: int | None = Field(
         None, ge=1, le=1000,
         description=f"(s, z) throws per data point per step; default {NUM_STEPS_VECTORS} for "
@@ -99,9 +124,33 @@ class TrainingSpec(_Strict):
     milestones: list[int] = Field(
         default_factory=list,
         description="Epochs (1..epochs) after which a checkpoint and a measurement are made.")
-    weighting: Weighting = Field("unit", description="Loss weight lambda(s).")
-    grad_clip: float | None = Field(None, gt=0, description="Max gradient norm; null: no clip.")
-    ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of weights; null: off.")
+    weighting: Weighting | None = Field(None, description="Loss weight lambda(s); default: the "
+                                        "recipe's.")
+    grad_clip: float | None = Field(None, gt=0, description="Max gradient norm; null: no clip; "
+                                    "default: the recipe's.")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of the weights, measured "
+                                    "instead of them; null: off; default: the recipe's.")
+    lr_schedule: LrSchedule | None = Field(None, description="constant or cosine (from lr down to "
+                                           "lr * lr_final_fraction); default: the recipe's.")
+    lr_final_fraction: float | None = Field(None, ge=0, le=1, description="End of the cosine "
+                                            "schedule as a fraction of lr; default: the recipe's.")
+    warmup_steps: int | None = Field(None, ge=0, description="Linear lr warm-up (optimizer "
+                                     "steps); default: the recipe's.")
+    log_snr_share: float | None = Field(
+        None, ge=0, le=1, description="Share of training times drawn uniformly in log-SNR (the "
+        "entropy's own weighting), the rest uniformly in s; default: the recipe's.")
+    stop_when_converged: bool = Field(
+        False, description="End the job once the convergence verdict is `converged` (epochs is "
+        "the cap).")
+    convergence_tolerance: float = Field(
+        DEFAULT_CONVERGENCE_TOLERANCE, gt=0, lt=1,
+        description="Allowed relative drift of S_NN per doubling of the epochs for `converged`.")
+
+    def recipe_fields(self) -> dict[str, Any]:
+        """The recipe's optimisation fields, overridden by those given in this request."""
+        given = {k: getattr(self, k) for k in TRAINING_RECIPES[self.recipe]
+                 if k in self.model_fields_set}
+        return {**TRAINING_RECIPES[self.recipe], **given}
 
 
 class MeasurementSpec(_Strict):
@@ -112,8 +161,9 @@ class MeasurementSpec(_Strict):
         "estimator's own (65536) (cap MAX_N_SAMPLES).")
     seed: int = Field(0, ge=0, description="Seed of the measurement's draws.")
     split: Split = Field(
-        "test", description="Data to measure on: held-out (default; fresh draws for a mixture) "
-        "or the training split.")
+        "test", description="Data to measure on: held-out (default; fresh draws for a mixture), "
+        "the training split, or both (neural_entropy stays the held-out figure; the training "
+        "figure and the gap go in `generalization`).")
     t_min: float | None = Field(None, gt=0, description="Start of the curve; default process's.")
     t_max: float | None = Field(None, gt=0, description="T; default the process's end time.")
     density_bound: bool = Field(False, description="Also compute the NLL bound (nats, bits/dim).")
@@ -132,8 +182,10 @@ class SampleOptions(_Strict):
 
 # ---- resolved specs: what the API stores in Job.request and the worker runs ----
 class ResolvedTraining(_Strict):
-    """`TrainingSpec` with every default filled in (fields of `models.training.TrainingConfig`)."""
+    """`TrainingSpec` with the recipe and every default filled in. All but the first and the last
+    two are fields of `models.training.TrainingConfig` (`training_config_fields`)."""
 
+    recipe: RecipeName
     epochs: int
     batch_size: int
     lr: float
@@ -143,6 +195,15 @@ class ResolvedTraining(_Strict):
     weighting: Weighting
     grad_clip: float | None
     ema_decay: float | None
+    lr_schedule: LrSchedule
+    lr_final_fraction: float
+    warmup_steps: int
+    log_snr_share: float
+    stop_when_converged: bool
+    convergence_tolerance: float
+
+    def training_config_fields(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"recipe", "stop_when_converged", "convergence_tolerance"})
 
 
 class ResolvedMeasurement(_Strict):
@@ -259,6 +320,17 @@ class DataEntropySummary(BaseModel):
     stderr: float
 
 
+class GeneralizationSummary(BaseModel):
+    """S_NN on the training points beside the held-out S_NN (`split: both`). The gap is the
+    entropy the network holds about its own training points beyond their distribution: a
+    memorisation signal (about 0 for a network that generalises)."""
+
+    train: NeuralEntropySummary = Field(description="S_NN measured on the training points.")
+    gap_nats: float = Field(description="S_NN(train) - S_NN(held-out), nats.")
+    gap_stderr: float = Field(description="Standard error of the gap (independent draws), nats.")
+    relative_gap: float | None = Field(description="gap_nats / S_NN(held-out) (null if that is 0).")
+
+
 class MeasurementSummary(BaseModel):
     """The numbers of one measurement (`Measurement.summary`)."""
 
@@ -272,6 +344,40 @@ class MeasurementSummary(BaseModel):
     n_evaluations: int = Field(description="Network evaluations the estimate used.")
     dim: int = Field(description="Numbers per data point D.")
     n_pool: int | None = Field(None, description="Data points the x0 were drawn from.")
+    generalization: GeneralizationSummary | None = Field(
+        None, description="With `split: both`: the training-split figure and the gap.")
+
+
+class ConvergencePoint(BaseModel):
+    """A cheap S_NN estimate of the network after `epoch` epochs (the EMA weights when kept)."""
+
+    epoch: int
+    nats: float
+    stderr: float
+
+
+class ExtrapolatedPoint(BaseModel):
+    epoch: int
+    nats: float
+
+
+class Convergence(BaseModel):
+    """Whether a train job's S_NN has converged: the trend of its estimates against log(epoch)
+    over the last two doublings of the epochs, judged against their noise (docs/math.md §4.7)."""
+
+    verdict: Literal["converged", "not_converged", "too_short"]
+    tolerance: float = Field(description="Allowed |relative drift| per doubling of the epochs.")
+    relative_drift: float | None = Field(
+        description="Fitted change of S_NN per doubling of the epochs, relative to its level.")
+    relative_drift_stderr: float | None
+    level_nats: float | None = Field(description="The trend's S_NN at the last estimate.")
+    extrapolated: ExtrapolatedPoint | None = Field(
+        description="Where the trend goes: its S_NN at twice the last epoch.")
+    window: list[int] | None = Field(description="First and last epoch of the fit.")
+    reason: str
+    stopped_at_epoch: int | None = Field(
+        None, description="The epoch at which a stop_when_converged job ended early.")
+    trajectory: list[ConvergencePoint]
 
 
 class Reproducibility(BaseModel):

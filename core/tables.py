@@ -161,6 +161,7 @@ class Job(Base):
     )
     request: Mapped[dict[str, Any]] = mapped_column(JsonType)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)
+    convergence: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)  # train jobs
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     rq_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -5,6 +5,8 @@ and storing the result: a `Measurement` row (a `core.contract.MeasurementSummary
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +17,7 @@ from sqlalchemy.orm import Session
 from core.contract import (
     DataEntropySummary,
     DensityBoundSummary,
+    GeneralizationSummary,
     MeasurementSummary,
     NeuralEntropySummary,
     Reproducibility,
@@ -75,17 +78,31 @@ def neural_entropy_summary(result: EntropyResult) -> NeuralEntropySummary:
                                 stderr=result.total.stderr, stderr_bits=bits.stderr)
 
 
+def generalization_summary(model: EntropyMatchingModel, process: ForwardProcess, train: DataSet,
+                           held_out: EntropyResult, config: MeasurementConfig,
+                           device: str) -> GeneralizationSummary:
+    """S_NN on the training points (independent draws: the next seed) and its gap to `held_out`."""
+    on_train = estimators.neural_entropy(
+        model.e_theta, process, train.x, dataclasses.replace(config, seed=config.seed + 1),
+        labels=train.labels, device=device)
+    gap = on_train.total.mean - held_out.total.mean
+    return GeneralizationSummary(
+        train=neural_entropy_summary(on_train), gap_nats=gap,
+        gap_stderr=math.hypot(on_train.total.stderr, held_out.total.stderr),
+        relative_gap=gap / held_out.total.mean if held_out.total.mean else None)
+
+
 def measurement_pool(loaded: LoadedDataset, split: Split, seed: int) -> DataSet:
     """The x0 pool: fresh draws for a mixture's held-out measurement when the dataset kept no
     held-out split (`split.held_out == "fresh_draws"`), else that part of the dataset."""
     fresh = loaded.split.held_out == "fresh_draws" or len(loaded.test) == 0
-    if split == "test" and loaded.mixture is not None and fresh:
+    if split in ("test", "both") and loaded.mixture is not None and fresh:
         n = min(max(len(loaded.data), FRESH_POOL_MIN), get_settings().max_n_samples)
         generator = torch.Generator().manual_seed(int(seed) + 1_000_003)
         x = loaded.mixture.sample(n, generator)
         assert isinstance(x, torch.Tensor)
         return DataSet(x)
-    return loaded.part(split)
+    return loaded.part("test" if split == "both" else split)
 
 
 def measure(
@@ -129,9 +146,13 @@ def measure(
     if spec.data_entropy:
         ent = estimators.data_entropy(result, process, pool.x)
         data_entropy = DataEntropySummary(nats=ent.mean, stderr=ent.stderr)
+    generalization = None
+    if spec.split == "both":
+        generalization = generalization_summary(model, process, loaded.train, result, config,
+                                                device)
     summary = MeasurementSummary(
         neural_entropy=neural_entropy_summary(result), total_entropy=total_entropy,
-        density_bound=density_bound, data_entropy=data_entropy,
+        density_bound=density_bound, data_entropy=data_entropy, generalization=generalization,
         t_min=finite_or_none(result.t_start), t_max=finite_or_none(result.t_end),
         n_evaluations=result.n_evaluations, dim=result.dim, n_pool=len(pool))
     return MeasurementResult(summary, config.to_dict(), curve)

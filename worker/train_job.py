@@ -36,9 +36,10 @@ from models.training import (
 )
 from worker.checkpoints import store_checkpoint
 from worker.context import JobContext
+from worker.convergence import ConvergenceTracker
 from worker.errors import JobCanceled
 from worker.inputs import check_fits, load_dataset
-from worker.measurements import MeasurementContext, measure, store_measurement
+from worker.measurements import MeasurementContext, measure, measurement_pool, store_measurement
 from worker.progress import TRAINING_SHARE, TrainingClock
 from worker.resume import load_training_state, save_training_state
 
@@ -73,11 +74,12 @@ class TrainRun:
             self.loaded = load_dataset(session, spec.dataset_id)
         self.net_config = network_config_from_dict(spec.network)
         check_fits(tuple(self.net_config.shape), self.loaded.data)
-        self.config = TrainingConfig.from_dict(spec.training.model_dump())
+        self.config = TrainingConfig.from_dict(spec.training.training_config_fields())
         self.checkpoint_every: int | None = max(1, math.ceil(self.config.epochs / STATE_SAVES_PER_RUN))
         self.milestones = _existing_milestones(ctx.job_id)
         self.clock: TrainingClock | None = None
         self.start_epoch = 0  # completed epochs when this run started (resumed runs: > 0)
+        self.convergence: ConvergenceTracker | None = None
 
     # ---- models.training.TrainingHooks ----
     def on_progress(self, event: ProgressEvent) -> None:
@@ -95,6 +97,11 @@ class TrainRun:
 
     def on_checkpoint(self, state: TrainingState) -> None:
         save_training_state(self.ctx.job_id, state)
+
+    def on_epoch_end(self, epoch: int, network: nn.Module) -> bool:
+        assert self.convergence is not None
+        self.ctx.check_canceled()
+        return self.convergence.after_epoch(epoch, network)
 
     def on_milestone(self, epoch: int, network: nn.Module, state: TrainingState) -> None:
         if epoch in self.milestones:
@@ -138,7 +145,6 @@ class TrainRun:
 
     # ---- the run ----
     def run(self) -> dict[str, Any]:
-        epochs = self.config.epochs
         resume = load_training_state(self.ctx.job_id) if self.ctx.attempt > 1 else None
         try:
             result = self._train(resume)
@@ -148,12 +154,13 @@ class TrainRun:
             log.warning("job %s: its saved state does not fit (%s); starting over",
                         self.ctx.job_id, exc)
             result = self._train(None)
-        done = self.milestones.get(epochs)
+        final_epoch = result.state.epoch  # < epochs when it stopped once converged
+        done = self.milestones.get(final_epoch)
         if done is not None and done.checkpoint_id and done.measurement_id:
             ckpt_id, meas_id = done.checkpoint_id, done.measurement_id
         else:
             self.ctx.reporter.set_fraction(TRAINING_SHARE)
-            ckpt_id, meas_id = self.checkpoint_and_measure(result.eval_network, epochs,
+            ckpt_id, meas_id = self.checkpoint_and_measure(result.eval_network, final_epoch,
                                                            phase="final")
         return {"checkpoint_id": ckpt_id, "measurement_id": meas_id}
 
@@ -167,6 +174,10 @@ class TrainRun:
         self.ctx.reporter.report("training", epoch=start, epochs=epochs,
                                  fraction=TRAINING_SHARE * start / epochs, force=True)
         self.clock = None
+        self.convergence = ConvergenceTracker(
+            self.ctx.job_id, self.ctx.attempt, self.spec, self.process,
+            measurement_pool(self.loaded, "test", self.spec.measurement.seed), self.ctx.device,
+            start)
         try:
             return train(
                 network, self.process, self.loaded.train, self.config, device=self.ctx.device,

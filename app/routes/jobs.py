@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from redis import Redis
 
 from app.deps import ArtifactStoreDep, CurrentOwner, SessionDep, SettingsDep
 from app.errors import problem_responses
+from app.plots import convergence_plot_png
 from app.schemas.common import Limit, Offset, Page, page_of
 from app.schemas.jobs import JobCreate, JobPublic
 from app.services import jobs as service
@@ -93,6 +95,15 @@ def samples_npy(job_id: str, session: SessionDep, owner: CurrentOwner,
     sha = service.samples_artifact(session, owner, job_id, "npy")
     return FileResponse(store.path(sha), media_type="application/octet-stream",
                         filename=f"{job_id}-samples.npy")
+
+
+@router.get("/{job_id}/convergence.png", response_class=Response,
+            summary="A train job's S_NN over the epochs, its trend and verdict, as a PNG",
+            responses={200: {"content": {"image/png": {}}}, **problem_responses(401, 404, 409)})
+async def convergence_png(job_id: str, session: SessionDep, owner: CurrentOwner) -> Response:
+    convergence = service.convergence_of(session, owner, job_id)
+    png = await run_in_threadpool(convergence_plot_png, convergence, job_id)
+    return Response(png, media_type="image/png")
 
 
 @router.get("/{job_id}/samples.png", response_class=FileResponse,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.contract import (
     DEFAULT_PROCESS,
+    Convergence,
     JobProgress,
     JobSpec,
     MeasurementSpec,
@@ -93,3 +94,6 @@ class JobPublic(BaseModel):
     compute_seconds: float | None
     links: dict[str, str] = Field(description="Related resources (samples, measurement, ...).")
     request: JobSpec = Field(description="The fully resolved request (every default filled in).")
+    convergence: Convergence | None = Field(
+        description="Train jobs: the S_NN trajectory over the epochs and the convergence verdict "
+        "(null until the first estimate).")

@@ -146,6 +146,7 @@ def resolve_network(spec: NetworkSpec, event_shape: tuple[int, ...], num_classes
 def resolve_training(req: TrainJobCreate, dataset: Dataset, settings: Settings
                      ) -> ResolvedTraining:
     spec = req.training
+    recipe = spec.recipe_fields()
     if spec.epochs > settings.max_epochs:
         raise over_limit("training.epochs", spec.epochs, settings.max_epochs, "max_epochs")
     bad = [m for m in spec.milestones if not 1 <= m <= spec.epochs]
@@ -155,16 +156,17 @@ def resolve_training(req: TrainJobCreate, dataset: Dataset, settings: Settings
     if len(set(spec.milestones)) != len(spec.milestones):
         raise unprocessable("milestones must not repeat", "training.milestones")
     n_train = int((dataset.split or {}).get("n_train", dataset.shape[0]))
-    if spec.batch_size > n_train:
-        raise unprocessable(f"batch_size {spec.batch_size} exceeds the {n_train} training points "
-                            f"of dataset {dataset.id}", "training.batch_size")
+    if recipe["batch_size"] > n_train:
+        raise unprocessable(f"batch_size {recipe['batch_size']} exceeds the {n_train} training "
+                            f"points of dataset {dataset.id}", "training.batch_size")
     num_steps = spec.num_steps
     if num_steps is None:
         num_steps = NUM_STEPS_IMAGES if dataset.is_image else NUM_STEPS_VECTORS
-    return ResolvedTraining(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
-                            num_steps=num_steps, seed=spec.seed,
-                            milestones=sorted(spec.milestones), weighting=spec.weighting,
-                            grad_clip=spec.grad_clip, ema_decay=spec.ema_decay)
+    return ResolvedTraining(recipe=spec.recipe, epochs=spec.epochs, num_steps=num_steps,
+                            seed=spec.seed, milestones=sorted(spec.milestones),
+                            stop_when_converged=spec.stop_when_converged,
+                            convergence_tolerance=spec.convergence_tolerance,
+                            **recipe)
 
 
 # ---- whole requests ----

@@ -27,7 +27,7 @@ from app.schemas.jobs import (
 from app.services import job_requests
 from app.services.pages import newest_first_page
 from core import queue as rq_client
-from core.contract import JobProgress, QueueName, parse_job_spec
+from core.contract import Convergence, JobProgress, QueueName, parse_job_spec
 from core.settings import Settings
 from core.tables import Job, JobMilestone, JobStatus, Owner, utcnow
 
@@ -153,6 +153,8 @@ def job_links(job: Job) -> dict[str, str]:
         links["checkpoint"] = f"/v1/checkpoints/{job.checkpoint_id}"
     if job.dataset_id:
         links["dataset"] = f"/v1/datasets/{job.dataset_id}"
+    if job.type == "train":
+        links["convergence_plot"] = f"/v1/jobs/{job.id}/convergence.png"
     if job.type == "sample":
         links["samples_npy"] = f"/v1/jobs/{job.id}/samples.npy"
         links["samples_png"] = f"/v1/jobs/{job.id}/samples.png"
@@ -173,7 +175,20 @@ def job_public(session: Session, job: Job) -> JobPublic:
                                     checkpoint_id=m.checkpoint_id) for m in milestones],
         device=job.device, compute_seconds=job.compute_seconds, links=job_links(job),
         request=parse_job_spec(job.request),
+        convergence=None if job.convergence is None
+        else Convergence.model_validate(job.convergence),
     )
+
+
+def convergence_of(session: Session, owner: Owner, job_id: str) -> Convergence:
+    """A train job's convergence document; 404 for other jobs, 409 before the first estimate."""
+    job = get_owned(session, owner, job_id)
+    if job.type != "train":
+        raise not_found("convergence of train job", job_id)
+    if job.convergence is None:
+        raise conflict(f"job {job.id} has no S_NN estimate yet ({job.status})",
+                       status_now=job.status)
+    return Convergence.model_validate(job.convergence)
 
 
 def samples_artifact(session: Session, owner: Owner, job_id: str, kind: str) -> str:

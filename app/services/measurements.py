@@ -16,7 +16,7 @@ from app.schemas.measurements import (
     MeasurementPublic,
 )
 from core.contract import MeasurementSummary, Reproducibility
-from core.tables import CurvePoint, Measurement, Owner
+from core.tables import CurvePoint, Job, Measurement, Owner
 
 TOTAL_COLUMNS = ("total_rate", "total_rate_stderr", "total_cumulative")
 
@@ -34,13 +34,15 @@ def points_of(session: Session, measurement: Measurement) -> list[CurvePoint]:
         .order_by(CurvePoint.idx)).all())
 
 
-def _links(m: Measurement) -> dict[str, str]:
+def _links(m: Measurement, job_type: str | None) -> dict[str, str]:
     links = {"self": f"/v1/measurements/{m.id}",
              "curve_json": f"/v1/measurements/{m.id}/curve?format=json",
              "curve_csv": f"/v1/measurements/{m.id}/curve?format=csv",
              "plot": f"/v1/measurements/{m.id}/plot.png"}
     if m.job_id:
         links["job"] = f"/v1/jobs/{m.job_id}"
+    if m.job_id and job_type == "train":  # the job's S_NN trajectory and convergence verdict
+        links["convergence_plot"] = f"/v1/jobs/{m.job_id}/convergence.png"
     if m.checkpoint_id:
         links["checkpoint"] = f"/v1/checkpoints/{m.checkpoint_id}"
     if m.dataset_id:
@@ -50,6 +52,7 @@ def _links(m: Measurement) -> dict[str, str]:
 
 def measurement_public(session: Session, m: Measurement) -> MeasurementPublic:
     s = MeasurementSummary.model_validate(m.summary)
+    job_type = session.scalar(select(Job.type).where(Job.id == m.job_id)) if m.job_id else None
     n_points = session.scalar(select(func.count()).select_from(CurvePoint)
                               .where(CurvePoint.measurement_id == m.id)) or 0
     return MeasurementPublic(
@@ -59,7 +62,7 @@ def measurement_public(session: Session, m: Measurement) -> MeasurementPublic:
         data_entropy=s.data_entropy, t_min=s.t_min, t_max=s.t_max,
         n_evaluations=s.n_evaluations, dim=s.dim, n_points=int(n_points),
         summary=s, reproducibility=Reproducibility.model_validate(m.reproducibility),
-        links=_links(m),
+        links=_links(m, job_type),
     )
 
 

@@ -65,6 +65,12 @@ class TrainingHooks(Protocol):
         """Asked before every optimizer step; True stops the run with `TrainingCanceled(state)`."""
         ...
 
+    def on_epoch_end(self, epoch: int, network: nn.Module) -> bool:
+        """After every epoch (after its milestone and checkpoint calls), with the network to
+        evaluate (the EMA when kept, else the live one; eval mode; do not modify it). True ends
+        the run there as finished: `train` returns with `epoch` epochs done."""
+        ...
+
 
 class NoHooks:
     """`TrainingHooks` that do nothing: subclass it and override what you need."""
@@ -82,4 +88,7 @@ class NoHooks:
         return None
 
     def should_stop(self) -> bool:
+        return False
+
+    def on_epoch_end(self, epoch: int, network: nn.Module) -> bool:
         return False

@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import numpy as np
 import torch
@@ -29,7 +29,9 @@ from models.training.cpu import tune_cpu_allocator
 from models.training.hooks import ProgressEvent, TrainingHooks
 from models.training.schedules import lr_at
 from models.training.state import TrainingState, load_optimizer_state, optimizer_state
+from models.training.times import TimeSampler
 
+_R = TypeVar("_R")
 Weighting = Literal["unit", "likelihood"]
 LrSchedule = Literal["constant", "cosine"]
 CHUNK_BYTES = 32 * 2**20  # throws drawn at once: about this many bytes of y and z
@@ -55,6 +57,7 @@ class TrainingConfig:
     drop_last: bool = False  # drop the last partial batch of each epoch (the paper keeps it)
     t_min: float | None = None  # smallest s drawn (default: the process's t_min)
     t_max: float | None = None  # largest s drawn (default: the process's t_max)
+    log_snr_share: float = 0.0  # share of times drawn uniformly in log-SNR, the rest in s (times.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
@@ -74,6 +77,8 @@ class TrainingConfig:
             not 1 <= m <= self.epochs for m in self.milestones
         ):
             raise ValueError(f"milestones must be increasing epochs in [1, {self.epochs}], got {self.milestones}")
+        if not 0.0 <= self.log_snr_share <= 1.0:
+            raise ValueError(f"log_snr_share must lie in [0, 1], got {self.log_snr_share}")
         if not 0.0 <= self.lr_final_fraction <= 1.0 or self.warmup_steps < 0:
             raise ValueError("lr_final_fraction must lie in [0, 1] and warmup_steps be >= 0")
 
@@ -169,7 +174,8 @@ class _Throws:
         x0 = tr.x.index_select(0, idx).repeat_interleave(k, dim=0)
         self.labels = None if tr.labels is None else tr.labels.index_select(0, idx).repeat_interleave(k)
         u = torch.rand(x0.shape[0], generator=gen, device=device, dtype=x0.dtype)
-        self.s = tr.t_lo + (tr.t_hi - tr.t_lo) * u
+        pick = None if config.log_snr_share in (0.0, 1.0) else torch.rand(u.shape, generator=gen, device=device)
+        self.s = tr.times(u, pick)
         self.z = torch.randn(x0.shape, generator=gen, device=device, dtype=x0.dtype)
         self.y = tr.process.perturb(x0, self.s, self.z)
         # residual Sigma * score + z = scale * net(y, s) + offset (models.parametrization)
@@ -218,7 +224,7 @@ class _Trainer:
         process.check_times(torch.tensor([lo, hi], dtype=torch.float64), "training time range")
         if not lo < hi:
             raise ValueError(f"training needs t_min < t_max, got {lo}, {hi}")
-        self.t_lo, self.t_hi = float(lo), float(hi)
+        self.times = TimeSampler(process, float(lo), float(hi), config.log_snr_share)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         fused = device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr, fused=fused)
@@ -377,10 +383,23 @@ def train(
         report_loss = 0.0
         if hooks is not None:
             _after_epoch(tr, config, extra, hooks)
+            if _with_eval_network(tr, lambda net: hooks.on_epoch_end(tr.epoch, net)):
+                break
     seconds = time.perf_counter() - start
     return TrainingResult(
         tr.model.network, tr.ema, tr.state(extra), list(tr.losses), seconds, tr.throws_done / max(seconds, 1e-9)
     )
+
+
+def _with_eval_network(tr: _Trainer, call: Callable[[nn.Module], _R]) -> _R:
+    """`call(network)` with the network to evaluate (the EMA when kept) in eval mode."""
+    net = tr.ema if tr.ema is not None else tr.model.network
+    net.eval()
+    try:
+        return call(net)
+    finally:
+        if tr.ema is None:
+            net.train()
 
 
 def _after_epoch(tr: _Trainer, config: TrainingConfig, extra: dict[str, Any], hooks: TrainingHooks) -> None:
@@ -391,11 +410,5 @@ def _after_epoch(tr: _Trainer, config: TrainingConfig, extra: dict[str, Any], ho
         return
     state = tr.state(extra)
     if milestone:
-        net = tr.ema if tr.ema is not None else tr.model.network
-        net.eval()
-        try:
-            hooks.on_milestone(tr.epoch, net, state)
-        finally:
-            if tr.ema is None:
-                net.train()
+        _with_eval_network(tr, lambda net: hooks.on_milestone(tr.epoch, net, state))
     hooks.on_checkpoint(state)

@@ -13,6 +13,7 @@ from rq import Queue
 from sqlalchemy.orm import Session
 
 from app.main import create_app
+from core.contract import TRAINING_RECIPES
 from core.settings import Settings
 from core.tables import Artifact, Checkpoint, Job, JobMilestone, JobStatus, utcnow
 from tests.app.helpers import assert_problem, create_mixture, npy_bytes, upload
@@ -56,7 +57,9 @@ def test_train_with_only_a_dataset_gets_every_default(api: TestClient, dataset: 
     assert net["arch"] == "mlp" and net["dim"] == 2 and net["fourier_features"] == 256
     assert net["width"] == 512 and net["hidden_widths"] == [512, 256]
     t = req["training"]
-    assert (t["batch_size"], t["lr"], t["num_steps"], t["milestones"]) == (40, 1e-4, 10, [])
+    assert t["recipe"] == "converged" and (t["num_steps"], t["milestones"]) == (10, [])
+    assert {k: t[k] for k in TRAINING_RECIPES["converged"]} == TRAINING_RECIPES["converged"]
+    assert t["stop_when_converged"] is False and t["convergence_tolerance"] == 0.02
     m = req["measurement"]
     assert m["n_times"] >= 64 and m["split"] == "test" and m["n_samples"] > 0
     assert (m["t_min"], m["t_max"]) == (1e-5, 1.0)
@@ -67,6 +70,33 @@ def test_train_with_only_a_dataset_gets_every_default(api: TestClient, dataset: 
     assert queue.job_ids == [job["id"]]
     assert queue.fetch_job(job["id"]).args == (job["id"],)
     assert api.get(f"/v1/jobs/{job['id']}").json() == job
+
+
+def test_the_paper_recipe_is_the_papers_training_exactly(api: TestClient,
+                                                         dataset: dict[str, Any]) -> None:
+    r = api.post("/v1/jobs", json={"type": "train", "dataset_id": dataset["id"],
+                                   "training": {"recipe": "paper"}})
+    t = r.json()["request"]["training"]
+    assert (t["lr"], t["batch_size"], t["num_steps"], t["lr_schedule"]) == (1e-4, 40, 10, "constant")
+    assert (t["ema_decay"], t["log_snr_share"], t["weighting"], t["warmup_steps"]) == (
+        None, 0.0, "unit", 0)
+
+
+def test_overriding_one_field_keeps_the_rest_of_the_recipe(api: TestClient,
+                                                           dataset: dict[str, Any]) -> None:
+    r = api.post("/v1/jobs", json={"type": "train", "dataset_id": dataset["id"],
+                                   "training": {"lr": 1e-4, "batch_size": 32, "ema_decay": None}})
+    t = r.json()["request"]["training"]
+    recipe = TRAINING_RECIPES["converged"]
+    assert (t["lr"], t["batch_size"], t["ema_decay"]) == (1e-4, 32, None)  # given: null turns EMA off
+    for key in ("lr_schedule", "lr_final_fraction", "warmup_steps", "log_snr_share", "weighting"):
+        assert t[key] == recipe[key], key
+
+
+def test_unknown_recipe_is_refused(api: TestClient, dataset: dict[str, Any]) -> None:
+    r = api.post("/v1/jobs", json={"type": "train", "dataset_id": dataset["id"],
+                                   "training": {"recipe": "fast"}})
+    assert_problem(r, 422)
 
 
 def test_image_data_get_a_unet_and_one_throw_per_point(api: TestClient) -> None:

@@ -20,7 +20,7 @@ SUMMARY = {
                        "stderr": 0.006, "stderr_bits": 0.006 / math.log(2)},
     "total_entropy": {"nats": 1.148, "bits": 1.148 / math.log(2), "stderr": 0.004},
     "density_bound": None, "data_entropy": None, "t_min": 1e-5, "t_max": 1.0,
-    "n_evaluations": 65536, "dim": 2, "n_pool": 10_000,
+    "n_evaluations": 65536, "dim": 2, "n_pool": 10_000, "generalization": None,
 }
 REPRO = {"data_sha256": "ab" * 32, "dataset_id": "ds_x", "split": "test",
          "process": {"kind": "vp", "beta_min": 0.1, "beta_max": 16.0, "kappa": 1.0},

@@ -116,9 +116,11 @@ def test_training_step_loss_is_the_entropy_matching_loss(parametrization: str) -
     assert throws.step(2)[0] == slice(48, 60)  # the last, partial batch: points 16..19
 
 
-def test_resumed_run_equals_uninterrupted_run_bit_for_bit() -> None:
+@pytest.mark.parametrize("log_snr_share", [0.0, 0.5])
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(log_snr_share: float) -> None:
     data, process = blob_data(), VP()
     config = TrainingConfig(
+        log_snr_share=log_snr_share,
         epochs=3,
         batch_size=8,
         num_steps=4,
@@ -196,9 +198,31 @@ def test_hooks_need_not_subclass_no_hooks() -> None:
         def should_stop(self) -> bool:
             return False
 
+        def on_epoch_end(self, epoch: int, network: torch.nn.Module) -> bool:
+            self.steps.append(-epoch)
+            return False
+
     hooks = Plain()
     train(tiny_net(), VP(), blob_data(48), TrainingConfig(epochs=2, batch_size=8, num_steps=1), hooks=hooks)
-    assert hooks.steps == [2, 4, 6, 8, 10, 12]  # every 2 steps; each epoch (6 steps) ends on one
+    assert hooks.steps == [2, 4, 6, -1, 8, 10, 12, -2]  # every 2 steps; each epoch (6 steps) ends on one
+
+
+def test_on_epoch_end_can_finish_the_run_early_with_the_ema_network() -> None:
+    class StopAfter(NoHooks):
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, bool]] = []
+
+        def on_epoch_end(self, epoch: int, network: torch.nn.Module) -> bool:
+            self.seen.append((epoch, network.training))
+            return epoch == 2
+
+    hooks = StopAfter()
+    net = tiny_net()
+    config = TrainingConfig(epochs=5, batch_size=8, num_steps=1, ema_decay=0.9)
+    result = train(net, VP(), blob_data(32), config, hooks=hooks)
+    assert hooks.seen == [(1, False), (2, False)]  # the EMA copy, in eval mode, after each epoch
+    assert result.state.epoch == 2 and len(result.losses) == 2
+    assert result.ema_network is not None and net.training
 
 
 def test_cancellation_stops_between_steps() -> None:
