@@ -69,6 +69,7 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
     total = total_entropy_mixture(mixture, process, MeasurementConfig(n_samples=2**20, seed=2))
     s_tot = total.total.mean
     label, fields = recipe_config(task["recipe"])
+    parametrization = fields.pop("parametrization", "entropy_matching")
     fields = {**fields, "epochs": task["epochs"], "seed": seed,
               "milestones": tuple(range(1, task["epochs"] + 1))}
     config = TrainingConfig.from_dict(fields)
@@ -79,14 +80,14 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
         def on_milestone(self, epoch: int, network: torch.nn.Module, state: TrainingState) -> None:
             now = time.perf_counter()
             clock["train"] += now - clock["mark"]
-            model = EntropyMatchingModel(network, process)
+            model = EntropyMatchingModel(network, process, parametrization)
             res = neural_entropy(model.e_theta, process, pool, mcfg)
             rows.append({"epoch": epoch, "nats": res.total.mean, "stderr": res.total.stderr,
                          "ratio": res.total.mean / s_tot, "train_seconds": round(clock["train"], 1)})
             clock["mark"] = time.perf_counter()
 
     network = build_network(default_network_config((dim,), None, seed))
-    train(network, process, data, config, hooks=EveryEpoch())
+    train(network, process, data, config, parametrization=parametrization, hooks=EveryEpoch())
     stays = None
     for i in range(len(rows)):
         if all(abs(r["ratio"] - 1) <= TOLERANCE for r in rows[i:]):

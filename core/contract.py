@@ -35,6 +35,7 @@ Solver = Literal["heun", "euler", "adaptive"]
 JobTypeName = Literal["train", "measure", "sample"]
 RecipeName = Literal["converged", "paper"]
 LrSchedule = Literal["constant", "cosine"]
+TrainedParametrization = Literal["entropy_matching", "scaled_entropy_matching"]
 DEFAULT_CONVERGENCE_TOLERANCE = 0.02  # relative drift of S_NN per doubling of the epochs
 
 # Training recipes: the fields of `models.training.TrainingConfig` each one sets. "paper" is the
@@ -43,10 +44,11 @@ DEFAULT_CONVERGENCE_TOLERANCE = 0.02  # relative drift of S_NN per doubling of t
 TRAINING_RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"batch_size": 40, "lr": 1e-4, "weighting": "unit", "grad_clip": None,
               "ema_decay": None, "lr_schedule": "constant", "lr_final_fraction": 0.0,
-              "warmup_steps": 0, "log_snr_share": 0.0},
-    "converged": {"batch_size": 40, "lr": 5e-4, "weighting": "unit", "grad_clip": None,
+              "warmup_steps": 0, "log_snr_share": 0.0, "parametrization": "entropy_matching"},
+    "converged": {"batch_size": 40, "lr": 1e-4, "weighting": "unit", "grad_clip": None,
                   "ema_decay": 0.999, "lr_schedule": "cosine", "lr_final_fraction": 0.1,
-                  "warmup_steps": 500, "log_snr_share": 1.0},
+                  "warmup_steps": 500, "log_snr_share": 1.0,
+                  "parametrization": "scaled_entropy_matching"},
 }
 
 
@@ -139,6 +141,10 @@ class TrainingSpec(_Strict):
     log_snr_share: float | None = Field(
         None, ge=0, le=1, description="Share of training times drawn uniformly in log-SNR (the "
         "entropy's own weighting), the rest uniformly in s; default: the recipe's.")
+    parametrization: TrainedParametrization | None = Field(
+        None, description="What the network outputs: e_theta (entropy_matching, the paper's) or "
+        "k^2 e_theta (scaled_entropy_matching: the same model in the equilibrium's units, k^2 its "
+        "variance; identical for k = 1); default: the recipe's.")
     stop_when_converged: bool = Field(
         False, description="End the job once the convergence verdict is `converged` (epochs is "
         "the cap).")
@@ -182,8 +188,9 @@ class SampleOptions(_Strict):
 
 # ---- resolved specs: what the API stores in Job.request and the worker runs ----
 class ResolvedTraining(_Strict):
-    """`TrainingSpec` with the recipe and every default filled in. All but the first and the last
-    two are fields of `models.training.TrainingConfig` (`training_config_fields`)."""
+    """`TrainingSpec` with the recipe and every default filled in. All but `recipe`,
+    `parametrization` and the convergence fields are fields of `models.training.TrainingConfig`
+    (`training_config_fields`)."""
 
     recipe: RecipeName
     epochs: int
@@ -199,11 +206,13 @@ class ResolvedTraining(_Strict):
     lr_final_fraction: float
     warmup_steps: int
     log_snr_share: float
+    parametrization: TrainedParametrization
     stop_when_converged: bool
     convergence_tolerance: float
 
     def training_config_fields(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"recipe", "stop_when_converged", "convergence_tolerance"})
+        return self.model_dump(exclude={"recipe", "parametrization", "stop_when_converged",
+                                        "convergence_tolerance"})
 
 
 class ResolvedMeasurement(_Strict):

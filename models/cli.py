@@ -28,6 +28,7 @@ from models.checkpoints.io import CheckpointConfig, load_model, read_checkpoint,
 from models.data import DataSet, GaussianMixture, array_dataset, load_digits
 from models.entropy.estimators import MeasurementConfig, neural_entropy, total_entropy_mixture
 from models.networks import NetworkConfig, build_network, default_network_config, network_config_from_dict
+from models.parametrization import PARAMETRIZATIONS
 from models.processes import process_from_spec
 from models.sampling import image_grid_png, sample_probability_flow, scatter_png
 from models.training import NoHooks, ProgressEvent, TrainingCanceled, TrainingConfig, train
@@ -232,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--process-json", help='full process spec, e.g. {"kind": "vp", "kappa": 0.1}')
     t.add_argument("--network-json", help="network config dict with arch (default: by data shape)")
     t.add_argument("--network-seed", type=int, default=0)
-    t.add_argument("--parametrization", default="entropy_matching", choices=["entropy_matching", "score", "noise"])
+    t.add_argument("--parametrization", default="entropy_matching", choices=list(PARAMETRIZATIONS))
     d = TrainingConfig()
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=d.batch_size)

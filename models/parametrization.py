@@ -2,9 +2,15 @@
 
 Networks know nothing of processes; `EntropyMatchingModel` is where a network meets one.
 
-    entropy_matching:  e_theta = net(y, s),          score = grad log p_eq(y, s) + e_theta
-    score:             score   = net(y, s),          e_theta = score - grad log p_eq(y, s)
-    noise:             eps     = net(y, s),          score = -eps / Sigma(s)
+    entropy_matching:         e_theta = net(y, s),          score = grad log p_eq(y, s) + e_theta
+    scaled_entropy_matching:  e_theta = net(y, s) / k^2     (k^2 the equilibrium variance; 1 if flat)
+    score:                    score   = net(y, s),          e_theta = score - grad log p_eq(y, s)
+    noise:                    eps     = net(y, s),          score = -eps / Sigma(s)
+
+`scaled_entropy_matching` is entropy matching in the equilibrium's own units: the equilibrium score
+is -y / k^2, so with a narrow equilibrium (VPx, SL: k = 0.1) e_theta is about 1/k^2 = 100 times
+larger than the network's natural O(1) outputs, and a network that must output it directly learns
+it 100 times too slowly (docs/math.md §2.3). For k = 1 the two are the same.
 
 The training residual (docs/math.md §2.2) is r = Sigma(s) * score + z; `scaled_score` returns
 Sigma * score without dividing by Sigma for the noise parametrization (it is -eps exactly), so no
@@ -21,7 +27,8 @@ from torch import nn
 from models.processes import ForwardProcess
 from models.tensors import append_dims
 
-Parametrization = Literal["entropy_matching", "score", "noise"]
+Parametrization = Literal["entropy_matching", "scaled_entropy_matching", "score", "noise"]
+ENTROPY_MATCHING = ("entropy_matching", "scaled_entropy_matching")
 PARAMETRIZATIONS: tuple[str, ...] = get_args(Parametrization)
 
 
@@ -37,6 +44,7 @@ class EntropyMatchingModel(nn.Module):
         self.network = network
         self.process = process
         self.parametrization: Parametrization = parametrization
+        self.e_scale = e_theta_scale(process, parametrization)
 
     def forward(self, y: torch.Tensor, s: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.e_theta(y, s, labels)
@@ -47,16 +55,15 @@ class EntropyMatchingModel(nn.Module):
     def e_theta(self, y: torch.Tensor, s: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """e_theta(y, s) ~ grad log p_s - grad log p_eq, shape of y (B, ...)."""
         out = self._net(y, s, labels)
-        if self.parametrization == "entropy_matching":
-            return out
+        if self.parametrization in ENTROPY_MATCHING:
+            return out * self.e_scale if self.e_scale != 1.0 else out
         return self._score_from(out, y, s) - self.process.equilibrium_score(y, s)
 
     def score(self, y: torch.Tensor, s: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The model's grad log p_s(y), shape of y (B, ...)."""
-        out = self._net(y, s, labels)
-        if self.parametrization == "entropy_matching":
-            return self.process.equilibrium_score(y, s) + out
-        return self._score_from(out, y, s)
+        if self.parametrization in ENTROPY_MATCHING:
+            return self.process.equilibrium_score(y, s) + self.e_theta(y, s, labels)
+        return self._score_from(self._net(y, s, labels), y, s)
 
     def noise(self, y: torch.Tensor, s: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The model's noise prediction eps = -Sigma(s) * score, shape of y (B, ...)."""
@@ -66,12 +73,12 @@ class EntropyMatchingModel(nn.Module):
         self, y: torch.Tensor, s: torch.Tensor, std: torch.Tensor, labels: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Sigma(s) * score, with `std` = Sigma(s) already broadcast to y's rank (B, 1, ...)."""
+        if self.parametrization in ENTROPY_MATCHING:
+            return std * (self.process.equilibrium_score(y, s) + self.e_theta(y, s, labels))
         out = self._net(y, s, labels)
         if self.parametrization == "noise":
             return -out
-        if self.parametrization == "score":
-            return std * out
-        return std * (self.process.equilibrium_score(y, s) + out)
+        return std * out
 
     def _score_from(self, out: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         if self.parametrization == "score":
@@ -96,4 +103,11 @@ def affine_residual(
         return torch.full_like(std, -1.0), z
     if parametrization == "score":
         return std, z
-    return std, z + std * process.equilibrium_score(y, s)  # entropy matching
+    scale = e_theta_scale(process, parametrization)  # entropy matching: e_theta = scale * net
+    return std * scale if scale != 1.0 else std, z + std * process.equilibrium_score(y, s)
+
+
+def e_theta_scale(process: ForwardProcess, parametrization: Parametrization) -> float:
+    """e_theta = scale * net for the entropy-matching parametrizations: 1, or 1 / k^2 when scaled."""
+    k2 = process.equilibrium_variance()
+    return 1.0 / k2 if parametrization == "scaled_entropy_matching" and k2 else 1.0

@@ -17,7 +17,7 @@ from core.db import session_scope
 from core.tables import Job
 from models.data import DataSet
 from models.entropy.estimators import MeasurementConfig, neural_entropy
-from models.parametrization import EntropyMatchingModel
+from models.parametrization import EntropyMatchingModel, Parametrization
 from models.processes import ForwardProcess
 from models.training.convergence import TrajectoryPoint, convergence_verdict, evaluation_epochs
 
@@ -41,6 +41,7 @@ class ConvergenceTracker:
         self.job_id, self.attempt, self.process, self.pool, self.device = (
             job_id, attempt, process, pool, device)
         training = spec.training
+        self.parametrization: Parametrization = training.parametrization
         self.tolerance = training.convergence_tolerance
         self.stop_when_converged = training.stop_when_converged
         self.epochs = set(evaluation_epochs(training.epochs, tuple(training.milestones)))
@@ -54,7 +55,7 @@ class ConvergenceTracker:
         """Estimate and judge after `epoch` if it is an evaluation epoch; True: stop now."""
         if epoch not in self.epochs:
             return False
-        model = EntropyMatchingModel(network, self.process)
+        model = EntropyMatchingModel(network, self.process, self.parametrization)
         result = neural_entropy(model.e_theta, self.process, self.pool.x, self.config,
                                 labels=self.pool.labels, device=self.device)
         self.trajectory = [p for p in self.trajectory if p.epoch < epoch]

@@ -23,7 +23,7 @@ from core.settings import code_version
 from core.tables import JobMilestone
 from models.checkpoints.config import CheckpointConfig
 from models.networks import build_network, network_config_from_dict
-from models.parametrization import EntropyMatchingModel
+from models.parametrization import EntropyMatchingModel, Parametrization
 from models.processes import ForwardProcess, process_from_spec
 from models.training import (
     ProgressEvent,
@@ -75,6 +75,7 @@ class TrainRun:
         self.net_config = network_config_from_dict(spec.network)
         check_fits(tuple(self.net_config.shape), self.loaded.data)
         self.config = TrainingConfig.from_dict(spec.training.training_config_fields())
+        self.parametrization: Parametrization = spec.training.parametrization
         self.checkpoint_every: int | None = max(1, math.ceil(self.config.epochs / STATE_SAVES_PER_RUN))
         self.milestones = _existing_milestones(ctx.job_id)
         self.clock: TrainingClock | None = None
@@ -119,12 +120,12 @@ class TrainRun:
         ctx, spec, data = self.ctx, self.spec, self.loaded.data
         ctx.check_canceled()
         ctx.reporter.report_phase("measuring" if phase == "final" else "milestone")
-        model = EntropyMatchingModel(network, self.process).eval()
+        model = EntropyMatchingModel(network, self.process, self.parametrization).eval()
         result = measure(model, self.process, self.loaded, spec.measurement, ctx.device)
         training = spec.training.model_dump()
         config = CheckpointConfig.from_dict({
             "network": spec.network, "process": self.process.spec(),
-            "event_shape": list(data.event_shape), "parametrization": "entropy_matching",
+            "event_shape": list(data.event_shape), "parametrization": self.parametrization,
             "value_range": None if data.value_range is None else list(data.value_range),
             "num_classes": self.net_config.num_classes,
             "provenance": {"source": "training", "job_id": ctx.job_id, "epoch": epoch,
@@ -134,7 +135,7 @@ class TrainRun:
         })
         context = MeasurementContext(split=spec.measurement.split, process=self.process.spec(),
                                      network=spec.network, training=training, device=ctx.device,
-                                     parametrization="entropy_matching")
+                                     parametrization=self.parametrization)
         with session_scope() as session:
             ckpt = store_checkpoint(session, network, config, owner_id=ctx.owner_id,
                                     job_id=ctx.job_id, epoch=epoch)
@@ -181,7 +182,7 @@ class TrainRun:
         try:
             return train(
                 network, self.process, self.loaded.train, self.config, device=self.ctx.device,
-                hooks=self, resume=resume,
+                parametrization=self.parametrization, hooks=self, resume=resume,
                 extra={"job_id": self.ctx.job_id, "network": self.spec.network,
                        "process": self.process.spec()},
             )

@@ -30,7 +30,8 @@ class CheckpointConfig:
     """Everything needed to rebuild and read a network, stored in the file's metadata.
 
     network: architecture config dict with "arch" ("mlp" | "unet"), every field filled in.
-    parametrization: how the output is read — "entropy_matching" (e_theta), "score", or "noise"
+    parametrization: how the output is read — "entropy_matching" (e_theta), "scaled_entropy_matching"
+        (e_theta = output / k^2), "score", or "noise"
         (score = -eps / Sigma(s)); see docs/math.md §2.3.
     process: the forward-process spec the network was trained with, every field filled in.
     event_shape: shape of one data point, (D,) or (C, H, W).

@@ -35,11 +35,14 @@ class Exact(nn.Module):
         if self.kind == "noise":
             return -self.process.std(s)[:, None] * score
         k2 = self.process.equilibrium_variance()
-        return score + (0.0 if k2 is None else y / k2)  # e_theta = score - grad log p_eq
+        e_theta = score + (0.0 if k2 is None else y / k2)  # e_theta = score - grad log p_eq
+        if self.kind == "scaled_entropy_matching":  # the network outputs k^2 e_theta
+            return e_theta * (1.0 if k2 is None else k2)
+        return e_theta
 
 
 @pytest.mark.parametrize("process", [VP(), VP(kappa=0.1), SL(), VE()], ids=lambda p: p.kind)
-@pytest.mark.parametrize("kind", ["entropy_matching", "score", "noise"])
+@pytest.mark.parametrize("kind", ["entropy_matching", "scaled_entropy_matching", "score", "noise"])
 def test_every_reading_gives_the_exact_score_and_e_theta(process: ForwardProcess, kind: str) -> None:
     model = EntropyMatchingModel(Exact(process, kind), process, kind)  # type: ignore[arg-type]
     g = torch.Generator().manual_seed(0)
@@ -56,9 +59,9 @@ def test_every_reading_gives_the_exact_score_and_e_theta(process: ForwardProcess
     torch.testing.assert_close(model.scaled_score(y, s, std), std * score, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("kind", ["entropy_matching", "score", "noise"])
+@pytest.mark.parametrize("kind", ["entropy_matching", "scaled_entropy_matching", "score", "noise"])
 def test_affine_residual_is_sigma_score_plus_z(kind: str) -> None:
-    process = VP()
+    process = VP(kappa=0.1)  # k^2 = 0.01: the scaled reading differs from the plain one
     net = Exact(process, kind)
     g = torch.Generator().manual_seed(1)
     y, z = torch.randn(32, 2, generator=g, dtype=torch.float64), torch.randn(32, 2, generator=g, dtype=torch.float64)
