@@ -38,6 +38,7 @@ from models.networks import build_network, default_network_config  # noqa: E402
 from models.parametrization import EntropyMatchingModel  # noqa: E402
 from models.processes import VP, ForwardProcess  # noqa: E402
 from models.training import NoHooks, TrainingConfig, TrainingState, train  # noqa: E402
+from models.training.convergence import TrajectoryPoint, convergence_verdict, evaluation_epochs  # noqa: E402
 
 PROCESSES: dict[str, ForwardProcess] = {"vp": VP(), "vpx": VP(kappa=0.1)}
 TOLERANCE = 0.05
@@ -99,8 +100,28 @@ def run(task: dict[str, Any]) -> dict[str, Any]:
             {"epoch": stays["epoch"], "train_seconds": stays["train_seconds"]}}
 
 
+def verdicts(rows: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[int]]:
+    """The verdict a train job would give after each of its evaluation epochs, from these
+    estimates: (the first `converged` one: epoch and ratio, epochs where it said `converged`
+    while S_NN was more than 5 % off S_tot)."""
+    by_epoch = {r["epoch"]: r for r in rows}
+    last = max(by_epoch, default=0)
+    first, wrong = None, []
+    points: list[TrajectoryPoint] = []
+    for epoch in evaluation_epochs(last):
+        r = by_epoch[epoch]
+        points.append(TrajectoryPoint(epoch, r["nats"], r["stderr"]))
+        if convergence_verdict(points).verdict != "converged":
+            continue
+        first = first or {"epoch": epoch, "ratio": r["ratio"]}
+        if abs(r["ratio"] - 1) > TOLERANCE:
+            wrong.append(epoch)
+    return first, wrong
+
+
 def table(results: list[dict[str, Any]], report: list[int]) -> str:
-    head = ["mixture", "process", "recipe", "S_tot"] + [f"@{e}" for e in report] + ["stays within 5 %"]
+    head = ["mixture", "process", "recipe", "S_tot"] + [f"@{e}" for e in report] + [
+        "stays within 5 %", "first 'converged' (ratio)", "'converged' while > 5 % off"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         by_epoch = {row["epoch"]: row["ratio"] for row in r["rows"]}
@@ -108,6 +129,9 @@ def table(results: list[dict[str, Any]], report: list[int]) -> str:
         cells += [f"{by_epoch[e]:.3f}" if e in by_epoch else "" for e in report]
         s = r["stays_within"]
         cells.append("never" if s is None else f"epoch {s['epoch']} ({s['train_seconds']:.0f} s)")
+        first, wrong = verdicts(r["rows"])
+        cells.append("never" if first is None else f"epoch {first['epoch']} ({first['ratio']:.3f})")
+        cells.append(", ".join(map(str, wrong)) or "none")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -123,7 +147,11 @@ def main() -> None:
     p.add_argument("--n-data", type=int, default=8192)
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     p.add_argument("--json", help="write every run here")
+    p.add_argument("--from-json", help="only print the table of runs saved by --json")
     args = p.parse_args()
+    if args.from_json:
+        print(table(json.loads(Path(args.from_json).read_text()), [int(e) for e in args.report.split(",")]))
+        return
     tasks = [{"mixture": tuple(int(v) for v in m.split(":")), "process": proc, "recipe": rec,
               "epochs": args.epochs, "n_data": args.n_data, "threads": 1}
              for m in args.mixtures.split(",") for proc in args.processes.split(",")
