@@ -93,7 +93,7 @@ def sweep_png(rows: Sequence[SweepRow], fits: Sequence[SweepFit], title: str = "
             xs = [math.exp(lo + (hi - lo) * k / 99) for k in range(100)]
             r2 = "" if fit.r_squared is None else f", R² = {fit.r_squared:.3f}"
             ax.plot(xs, [fit.a + fit.b * math.log(x) for x in xs], "-", color=color, alpha=0.7,
-                    label=f"fit {fit.a:.4g} + {fit.b:.4g} ln N{r2}")
+                    label=f"fit {fit.a:.4g} {'-' if fit.b < 0 else '+'} {abs(fit.b):.4g} ln N{r2}")
         totals = [(r.n_train, r.total_entropy) for r in series if r.total_entropy is not None]
         if totals:
             ax.plot([t[0] for t in totals], [t[1] for t in totals], "x--", color=color,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
-from fastapi.concurrency import run_in_threadpool
 
 from app.deps import CurrentOwner, SessionDep
 from app.errors import problem_responses
@@ -27,7 +26,7 @@ router = APIRouter(prefix="/v1/compare", tags=["measurements"])
                                  "image/png": {}}},
                **problem_responses(401, 404, 422)},
 )
-async def compare(
+def compare(
     session: SessionDep, owner: CurrentOwner,
     measurement_ids: Annotated[str, Query(description="Comma-separated measurement ids.")],
     format: Annotated[Literal["json", "csv", "png"],
@@ -39,6 +38,6 @@ async def compare(
                         headers={"Content-Disposition": 'inline; filename="compare.csv"'})
     if format == "png":
         series = [(s.label, p) for s, p in zip(doc.series, points, strict=True)]
-        png = await run_in_threadpool(compare_png, series, f"time axis: {doc.time_axis.kind}")
-        return Response(png, media_type="image/png")
+        return Response(compare_png(series, f"time axis: {doc.time_axis.kind}"),
+                        media_type="image/png")
     return doc

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from redis import Redis
 
 from app.deps import CurrentOwner, SessionDep, SettingsDep
@@ -91,10 +90,9 @@ def get_table(sweep_id: str, session: SessionDep, owner: CurrentOwner,
 @router.get("/{sweep_id}/plot.png", response_class=Response,
             summary="S_NN against N (log axis) per process, seed error bars, fit, S_tot (PNG)",
             responses={200: {"content": {"image/png": {}}}, **problem_responses(401, 404)})
-async def get_plot(sweep_id: str, session: SessionDep, owner: CurrentOwner) -> Response:
+def get_plot(sweep_id: str, session: SessionDep, owner: CurrentOwner) -> Response:
     doc = service.sweep_public(session, service.get_owned(session, owner, sweep_id))
-    png = await run_in_threadpool(sweep_png, doc.table, doc.fits, doc.id)
-    return Response(png, media_type="image/png")
+    return Response(sweep_png(doc.table, doc.fits, doc.id), media_type="image/png")
 
 
 @router.post("/{sweep_id}/cancel", response_model=SweepPublic,
