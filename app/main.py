@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import sessionmaker
 
 from app.errors import install_error_handlers
-from app.routes import checkpoints, datasets, health, jobs, measurements
+from app.routes import checkpoints, compare, datasets, health, jobs, measurements, sweeps
 from app.services.metrics import LatencyMiddleware, Metrics
 from core import queue as rq_client
 from core.artifacts import ArtifactStore
@@ -38,7 +38,10 @@ paginated with `limit` (1..500, default 50) and `offset`; each page has `total` 
 TAGS = [
     {"name": "datasets", "description": "Upload arrays or create synthetic / built-in sets."},
     {"name": "jobs", "description": "Train, measure and sample jobs; poll their status."},
-    {"name": "measurements", "description": "S_NN, S_tot, curves (JSON / CSV) and plots."},
+    {"name": "sweeps", "description": "Grids of train jobs (sizes, seeds, processes, networks) "
+     "as one request: the table over seeds, the fit S_NN = a + b ln N, the plot."},
+    {"name": "measurements", "description": "S_NN, S_tot, curves (JSON / CSV) and plots; "
+     "several measurements compared on one time axis."},
     {"name": "checkpoints", "description": "Safetensors checkpoints: upload, download."},
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics (no key)."},
 ]
@@ -94,8 +97,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lambda: rq_client.redis_connection(settings.resolved_redis_url))
     app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
-    for router in (health.router, datasets.router, jobs.router, measurements.router,
-                   checkpoints.router):
+    for router in (health.router, datasets.router, jobs.router, sweeps.router,
+                   measurements.router, compare.router, checkpoints.router):
         app.include_router(router)
     _install_openapi(app)
     return app

@@ -26,6 +26,7 @@ NUM_STEPS_VECTORS = 10  # throws per point per step for vector data (the paper's
 NUM_STEPS_IMAGES = 1  # ... and for images (the paper's MNIST / CIFAR-10 runs)
 DEFAULT_TEST_FRACTION = 0.1  # held-out share of uploaded and built-in sets
 DEFAULT_SPLIT_SEED = 0
+DEFAULT_SUBSET_SEED = 0  # seed of the nested training subsets (train jobs' and sweeps' subset_seed)
 
 QueueChoice = Literal["auto", "gpu", "cpu"]
 QueueName = Literal["gpu", "cpu"]
@@ -238,6 +239,9 @@ class TrainJobSpec(_Strict):
     training: ResolvedTraining
     measurement: ResolvedMeasurement
     queue: QueueName
+    n_train: int | None = Field(
+        description="Train on this nested subset of the training split (null: all of it).")
+    subset_seed: int = Field(description="Seed of the nested subset's ordering.")
 
 
 class MeasureJobSpec(_Strict):

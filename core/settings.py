@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     max_epochs: int = Field(10_000, description="Largest number of training epochs.")
     max_curve_points: int = Field(4096, description="Largest number of curve points n_times.")
     max_sample_count: int = Field(10_000, description="Largest number of generated samples per job.")
+    max_sweep_jobs: int = Field(256, description="Largest number of grid points (train jobs) of a sweep.")
 
     # ---- jobs ----
     job_timeout_seconds: int = Field(7 * 24 * 3600, description="RQ job timeout (RQ's 180 s default kills training).")

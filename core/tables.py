@@ -177,10 +177,24 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # its sweep, if any (deleting a sweep sets it to NULL first: app.services.sweeps)
+    sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"), nullable=True, index=True)
 
     milestones: Mapped[list[JobMilestone]] = relationship(
         back_populates="job", order_by="JobMilestone.epoch", cascade="all, delete-orphan"
     )
+
+
+class Sweep(Base):
+    """A grid of train jobs submitted as one request; its status is derived from its jobs'."""
+
+    __tablename__ = "sweeps"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("swp"))
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
+    request: Mapped[dict[str, Any]] = mapped_column(JsonType)  # {base, grid, subset_seed, ...}
+    # one entry per job, in grid order: {job_id, n_train, seed, process, network} (labels)
+    points: Mapped[list[Any]] = mapped_column(JsonType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class JobMilestone(Base):

@@ -85,6 +85,38 @@ class DataSet:
         test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
         return self.subset(train_idx), self.subset(test_idx)
 
+    def nested_order(self, seed: int = 0) -> torch.Tensor:
+        """A seeded ordering of all N indices whose prefixes are the nested subsets.
+
+        Without labels: one seeded permutation. With labels: class-balanced, i.e. round r takes the
+        r-th point of each class's own seeded permutation (classes that still have one, in a
+        seeded order per round), so every prefix holds each class's count to within one (until a
+        class runs out). The first n entries for n < m are a subset of the first m.
+        """
+        g = torch.Generator().manual_seed(int(seed))
+        n = len(self)
+        if self.labels is None:
+            return torch.randperm(n, generator=g)
+        labels = self.labels.to(torch.long)
+        classes = torch.unique(labels)  # sorted
+        rank = torch.empty(n, dtype=torch.long)  # position of each point in its class's permutation
+        cls = torch.searchsorted(classes, labels)  # class index 0..C-1 of each point
+        for c in range(len(classes)):
+            members = (cls == c).nonzero().flatten()
+            rank[members[torch.randperm(len(members), generator=g)]] = torch.arange(len(members))
+        rounds = int(rank.max()) + 1 if n else 0
+        # position of class c within round r: a fresh seeded class order per round
+        place = torch.argsort(torch.rand(rounds, len(classes), generator=g), dim=1).argsort(dim=1)
+        key = rank * len(classes) + place[rank, cls]
+        return torch.argsort(key)
+
+    def nested_subset(self, n: int, seed: int = 0) -> DataSet:
+        """The first `n` points of `nested_order(seed)` (kept in their original order): smaller
+        sets are subsets of larger ones, class-balanced when there are labels; n = N is all."""
+        if not 1 <= n <= len(self):
+            raise ValueError(f"a subset of {n} points needs 1 <= n <= {len(self)}")
+        return self.subset(self.nested_order(seed)[:n].sort().values)
+
 
 def _to_numeric_array(x: Any, what: str) -> np.ndarray:
     try:

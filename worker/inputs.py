@@ -6,6 +6,7 @@ Blobs are read with `allow_pickle=False` and checkpoints through `models.checkpo
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass
 
@@ -55,6 +56,17 @@ class LoadedDataset:
         if name == "all":
             return self.data
         raise JobInputError(f"unknown split {name!r}; expected 'test', 'train' or 'all'")
+
+    def with_train_subset(self, n: int | None, seed: int) -> LoadedDataset:
+        """The same dataset training on the nested subset of `n` of its training points
+        (`models.data.DataSet.nested_subset`; class-balanced with labels); None keeps them all.
+        The held-out part, the full data and the mixture stay as they are."""
+        if n is None:
+            return self
+        if not 1 <= n <= len(self.train):
+            raise JobInputError(f"n_train = {n} but dataset {self.dataset_id} has "
+                                f"{len(self.train)} training points")
+        return dataclasses.replace(self, train=self.train.nested_subset(n, seed))
 
 
 def dataset_from_npz(blob: bytes, row: Dataset) -> DataSet:

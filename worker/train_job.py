@@ -71,7 +71,8 @@ class TrainRun:
         self.spec = spec
         self.process: ForwardProcess = process_from_spec(spec.process.model_dump())
         with session_scope() as session:
-            self.loaded = load_dataset(session, spec.dataset_id)
+            self.loaded = load_dataset(session, spec.dataset_id).with_train_subset(
+                spec.n_train, spec.subset_seed)
         self.net_config = network_config_from_dict(spec.network)
         check_fits(tuple(self.net_config.shape), self.loaded.data)
         self.config = TrainingConfig.from_dict(spec.training.training_config_fields())

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.contract import (
     DEFAULT_PROCESS,
+    DEFAULT_SUBSET_SEED,
     Convergence,
     JobProgress,
     JobSpec,
@@ -33,16 +34,29 @@ class _Strict(BaseModel):
 _QUEUE_DOC = "RQ queue: auto = gpu when a GPU worker listens, else cpu."
 
 
-class TrainJobCreate(_Strict):
-    """Train a network on a data set, measuring it at each milestone and at the end."""
+class TrainFields(_Strict):
+    """Everything a train job takes except its `type` (also a sweep's `base`)."""
 
-    type: Literal["train"]
     dataset_id: str
     process: ProcessSpec = DEFAULT_PROCESS
     network: NetworkSpec = NetworkSpec.model_validate({})
     training: TrainingSpec = TrainingSpec.model_validate({})
     measurement: MeasurementSpec = MeasurementSpec.model_validate({})
     queue: QueueChoice = Field("auto", description=_QUEUE_DOC)
+    n_train: int | None = Field(
+        None, ge=1,
+        description="Train on a nested subset of this many of the data set's training points "
+        "(the first n of one ordering drawn with subset_seed, so smaller sets lie inside larger "
+        "ones; class-balanced when the data have labels). The held-out data stay the data set's "
+        "own. Default: all training points.")
+    subset_seed: int = Field(DEFAULT_SUBSET_SEED, ge=0,
+                             description="Seed of the nested subsets' ordering.")
+
+
+class TrainJobCreate(TrainFields):
+    """Train a network on a data set, measuring it at each milestone and at the end."""
+
+    type: Literal["train"]
 
 
 class MeasureJobCreate(_Strict):
@@ -92,6 +106,7 @@ class JobPublic(BaseModel):
     milestones: list[MilestonePublic]
     device: str | None
     compute_seconds: float | None
+    sweep_id: str | None = Field(None, description="The sweep this job belongs to, if any.")
     links: dict[str, str] = Field(description="Related resources (samples, measurement, ...).")
     request: JobSpec = Field(description="The fully resolved request (every default filled in).")
     convergence: Convergence | None = Field(

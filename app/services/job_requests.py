@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.errors import over_limit, unprocessable
-from app.schemas.jobs import MeasureJobCreate, SampleJobCreate, TrainJobCreate
+from app.schemas.jobs import MeasureJobCreate, SampleJobCreate, TrainFields
 from app.services.checkpoints import get_owned as get_checkpoint
 from app.services.datasets import get_owned as get_dataset
 from core.contract import (
@@ -143,7 +143,27 @@ def resolve_network(spec: NetworkSpec, event_shape: tuple[int, ...], num_classes
 
 
 # ---- training ----
-def resolve_training(req: TrainJobCreate, dataset: Dataset, settings: Settings
+def training_points(dataset: Dataset) -> int:
+    """Points in the dataset's training split."""
+    return int((dataset.split or {}).get("n_train", dataset.shape[0]))
+
+
+def resolve_n_train(req: TrainFields, dataset: Dataset) -> int | None:
+    """The nested subset's size: at most the training points, at least one batch."""
+    if req.n_train is None:
+        return None
+    available = training_points(dataset)
+    if req.n_train > available:
+        raise unprocessable(f"n_train = {req.n_train} exceeds the {available} training points of "
+                            f"dataset {dataset.id}", "n_train")
+    batch_size = req.training.recipe_fields()["batch_size"]
+    if req.n_train < batch_size:
+        raise unprocessable(f"n_train = {req.n_train} is smaller than one batch "
+                            f"(training.batch_size = {batch_size})", "n_train")
+    return req.n_train
+
+
+def resolve_training(req: TrainFields, dataset: Dataset, settings: Settings
                      ) -> ResolvedTraining:
     spec = req.training
     recipe = spec.recipe_fields()
@@ -155,7 +175,7 @@ def resolve_training(req: TrainJobCreate, dataset: Dataset, settings: Settings
                             "training.milestones")
     if len(set(spec.milestones)) != len(spec.milestones):
         raise unprocessable("milestones must not repeat", "training.milestones")
-    n_train = int((dataset.split or {}).get("n_train", dataset.shape[0]))
+    n_train = training_points(dataset)
     if recipe["batch_size"] > n_train:
         raise unprocessable(f"batch_size {recipe['batch_size']} exceeds the {n_train} training "
                             f"points of dataset {dataset.id}", "training.batch_size")
@@ -170,17 +190,19 @@ def resolve_training(req: TrainJobCreate, dataset: Dataset, settings: Settings
 
 
 # ---- whole requests ----
-def resolve_train(session: Session, owner: Owner, req: TrainJobCreate, settings: Settings,
+def resolve_train(session: Session, owner: Owner, req: TrainFields, settings: Settings,
                   queue: QueueName) -> tuple[TrainJobSpec, Dataset]:
     dataset = get_dataset(session, owner, req.dataset_id, "dataset_id")
     process = build_process(req.process.model_dump())
+    n_train = resolve_n_train(req, dataset)
     training = resolve_training(req, dataset, settings)
     network = resolve_network(req.network, event_shape_of(dataset), dataset.num_classes,
                               training.seed)
     measurement = resolve_measurement(req.measurement, process, dataset, settings)
     spec = TrainJobSpec(type="train", dataset_id=dataset.id, data_sha256=dataset.sha256,
                         process=process.spec(),  # type: ignore[arg-type]  # validated by pydantic
-                        network=network, training=training, measurement=measurement, queue=queue)
+                        network=network, training=training, measurement=measurement, queue=queue,
+                        n_train=n_train, subset_seed=req.subset_seed)
     return spec, dataset
 
 

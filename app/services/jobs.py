@@ -8,6 +8,7 @@ client gets 503: a failed submission changes nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis import Redis
@@ -51,12 +52,11 @@ def choose_queue(requested: str, connection: Redis) -> QueueName:
     return "cpu"
 
 
-def submit(session: Session, owner: Owner, req: JobRequest, settings: Settings,
-           connection: Redis) -> Job:
-    """Resolve `req`, create the job row `queued`, commit, and enqueue its id."""
+def new_job(session: Session, owner: Owner, req: JobRequest, settings: Settings,
+            queue_name: QueueName, *, sweep_id: str | None = None) -> Job:
+    """Resolve `req` into a `queued` job row, added to the session (not committed)."""
     dataset_id: str | None = None
     checkpoint_id: str | None = None
-    queue_name = choose_queue(req.queue, connection)
     spec: job_requests.ResolvedSpec
     if isinstance(req, TrainJobCreate):
         spec, dataset = job_requests.resolve_train(session, owner, req, settings, queue_name)
@@ -70,22 +70,45 @@ def submit(session: Session, owner: Owner, req: JobRequest, settings: Settings,
         checkpoint_id = checkpoint.id
     job = Job(owner_id=owner.id, type=req.type, status=JobStatus.queued.value, queue=queue_name,
               dataset_id=dataset_id, input_checkpoint_id=checkpoint_id,
-              request=spec.model_dump(mode="json"),
+              request=spec.model_dump(mode="json"), sweep_id=sweep_id,
               progress=JobProgress(phase="queued").model_dump())
     session.add(job)
+    return job
+
+
+def enqueue_new(session: Session, jobs: Sequence[Job], connection: Redis, *,
+                on_failure: Callable[[Session], None] | None = None) -> None:
+    """Put committed `queued` rows on RQ in order and record their RQ ids. If Redis refuses one,
+    every row of `jobs` is deleted again (ids already on RQ are dropped; a worker that took one
+    finds no row and does nothing), `on_failure` runs in the same commit, and the client gets
+    503: a failed submission changes nothing."""
+    enqueued: list[str] = []
+    for job in jobs:
+        try:
+            rq_id = rq_client.enqueue_job(job.id, job.queue, connection=connection)
+        except Exception as exc:  # noqa: BLE001 - Redis down or refusing
+            log.error("could not enqueue job %s: %s", job.id, exc)
+            for rq_id in enqueued:
+                _drop_from_queue(rq_id, connection)
+            session.execute(delete(Job).where(Job.id.in_([j.id for j in jobs])))
+            if on_failure is not None:
+                on_failure(session)
+            session.commit()
+            raise ProblemError(503, "Service Unavailable",
+                               "the job queue (Redis) is not reachable; nothing was created, "
+                               "retry later", headers={"Retry-After": "10"}) from None
+        enqueued.append(rq_id)
+        session.execute(update(Job).where(Job.id == job.id, Job.rq_job_id.is_(None))
+                        .values(rq_job_id=rq_id))
     session.commit()
-    try:
-        rq_id = rq_client.enqueue_job(job.id, queue_name, connection=connection)
-    except Exception as exc:  # noqa: BLE001 - Redis down or refusing
-        log.error("could not enqueue job %s: %s", job.id, exc)
-        session.execute(delete(Job).where(Job.id == job.id))
-        session.commit()
-        raise ProblemError(503, "Service Unavailable",
-                           "the job queue (Redis) is not reachable; nothing was created, retry "
-                           "later", headers={"Retry-After": "10"}) from None
-    session.execute(update(Job).where(Job.id == job.id, Job.rq_job_id.is_(None))
-                    .values(rq_job_id=rq_id))
+
+
+def submit(session: Session, owner: Owner, req: JobRequest, settings: Settings,
+           connection: Redis) -> Job:
+    """Resolve `req`, create the job row `queued`, commit, and enqueue its id."""
+    job = new_job(session, owner, req, settings, choose_queue(req.queue, connection))
     session.commit()
+    enqueue_new(session, [job], connection)
     session.refresh(job)
     return job
 
@@ -113,6 +136,15 @@ def cancel(session: Session, owner: Owner, job_id: str, connection: Redis | None
     job = get_owned(session, owner, job_id)
     if JobStatus(job.status).is_final:
         raise conflict(f"job {job.id} has already finished ({job.status})", status_now=job.status)
+    request_cancel(session, job, connection)
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def request_cancel(session: Session, job: Job, connection: Redis | None) -> None:
+    """Cancel an unfinished job (not committed): queued -> canceled at once (fenced on queued,
+    and dropped from RQ); a running one gets `cancel_requested` and stops between steps."""
     job.cancel_requested = True
     if job.status == JobStatus.queued.value:
         # only if still queued in the DB (the worker may have just taken it)
@@ -123,9 +155,6 @@ def cancel(session: Session, owner: Owner, job_id: str, connection: Redis | None
         )
         if getattr(result, "rowcount", 0) and connection is not None and job.rq_job_id:
             _drop_from_queue(job.rq_job_id, connection)
-    session.commit()
-    session.refresh(job)
-    return job
 
 
 def _drop_from_queue(rq_job_id: str, connection: Redis) -> None:
@@ -155,6 +184,8 @@ def job_links(job: Job) -> dict[str, str]:
         links["dataset"] = f"/v1/datasets/{job.dataset_id}"
     if job.type == "train":
         links["convergence_plot"] = f"/v1/jobs/{job.id}/convergence.png"
+    if job.sweep_id:
+        links["sweep"] = f"/v1/sweeps/{job.sweep_id}"
     if job.type == "sample":
         links["samples_npy"] = f"/v1/jobs/{job.id}/samples.npy"
         links["samples_png"] = f"/v1/jobs/{job.id}/samples.png"
@@ -173,7 +204,8 @@ def job_public(session: Session, job: Job) -> JobPublic:
         measurement_id=job.measurement_id, checkpoint_id=job.checkpoint_id,
         milestones=[MilestonePublic(epoch=m.epoch, measurement_id=m.measurement_id,
                                     checkpoint_id=m.checkpoint_id) for m in milestones],
-        device=job.device, compute_seconds=job.compute_seconds, links=job_links(job),
+        device=job.device, compute_seconds=job.compute_seconds, sweep_id=job.sweep_id,
+        links=job_links(job),
         request=parse_job_spec(job.request),
         convergence=None if job.convergence is None
         else Convergence.model_validate(job.convergence),

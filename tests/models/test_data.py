@@ -115,6 +115,47 @@ def test_split_is_deterministic_disjoint_and_complete() -> None:
         data.split(1.0)
 
 
+def _rows(data: DataSet) -> set[tuple[float, ...]]:
+    return {tuple(r) for r in data.x.tolist()}
+
+
+def test_nested_subsets_without_labels_are_nested_seeded_and_whole_at_n() -> None:
+    data = DataSet(torch.arange(200, dtype=torch.float32).reshape(100, 2))
+    sizes = [1, 7, 30, 64, 100]
+    subsets = [data.nested_subset(n, seed=3) for n in sizes]
+    assert [len(s) for s in subsets] == sizes
+    for small, large in zip(subsets, subsets[1:], strict=False):
+        assert _rows(small) < _rows(large)
+    assert torch.equal(subsets[-1].x, data.x)  # n = N is the whole set, in its own order
+    again = data.nested_subset(30, seed=3)
+    assert torch.equal(again.x, subsets[2].x)
+    assert _rows(data.nested_subset(30, seed=4)) != _rows(subsets[2])
+    assert sorted(data.nested_order(3).tolist()) == list(range(100))
+    with pytest.raises(ValueError, match="1 <= n <= 100"):
+        data.nested_subset(101)
+
+
+def test_nested_subsets_with_labels_are_class_balanced() -> None:
+    # unequal classes: 50 of class 0, 30 of class 1, 20 of class 2 (shuffled)
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)[order]
+    data = DataSet(torch.arange(100, dtype=torch.float32).reshape(100, 1), labels)
+    caps = [50, 30, 20]
+    previous: set[tuple[float, ...]] = set()
+    for n in range(1, 101):
+        sub = data.nested_subset(n, seed=1)
+        counts = torch.bincount(sub.labels, minlength=3).tolist()
+        # round robin: a class is at most one ahead of another that still has points left
+        assert all(counts[a] <= counts[b] + 1 for a in range(3) for b in range(3)
+                   if counts[b] < caps[b]), (n, counts)
+        rows = _rows(sub)
+        assert previous < rows and len(rows) == n
+        assert torch.equal(sub.labels, labels[sub.x[:, 0].long()])  # labels stay with their points
+        previous = rows
+    assert torch.bincount(data.nested_subset(30, seed=1).labels).tolist() == [10, 10, 10]
+    assert torch.bincount(data.nested_subset(80, seed=1).labels).tolist() == [30, 30, 20]
+
+
 def test_load_digits() -> None:
     data = load_digits()
     assert data.x.shape == (1797, 1, 8, 8) and data.value_range == (-1.0, 1.0)

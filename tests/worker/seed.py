@@ -61,6 +61,7 @@ def make_mixture_dataset(
 
 def train_request(dataset: Dataset, *, epochs: int = 2, milestones: list[int] | None = None,
                   batch_size: int = 50, measurement: dict[str, Any] | None = None,
+                  n_train: int | None = None, subset_seed: int = 0,
                   **training: Any) -> dict[str, Any]:
     """A resolved train spec (`core.contract.TrainJobSpec`) as the API stores it."""
     return TrainJobSpec.model_validate({
@@ -78,6 +79,8 @@ def train_request(dataset: Dataset, *, epochs: int = 2, milestones: list[int] | 
                      "convergence_tolerance": 0.02, **training},
         "measurement": {**TINY_MEASUREMENT, **(measurement or {})},
         "queue": "cpu",
+        "n_train": n_train,
+        "subset_seed": subset_seed,
     }).model_dump(mode="json")
 
 
