@@ -1,4 +1,5 @@
-"""Migration 0003_sweeps on a database with data: stored train requests gain n_train / subset_seed
+"""Migrations 0002 and 0003 on a database with data: stored train requests gain the paper's recipe
+fields (0002) and n_train / subset_seed
 (and lose them on the way down), and nothing that references `jobs` is lost either way (on SQLite
 a copy-and-drop of `jobs` would cascade-delete measurements and milestones)."""
 
@@ -91,7 +92,12 @@ def test_upgrade_and_downgrade_keep_the_data(blank_url: str) -> None:
 
     command.upgrade(cfg, "head")
     up = _requests(blank_url)
-    assert up["job_1"] == {**OLD_TRAIN, "n_train": None, "subset_seed": 0}
+    # 0002: trained before recipes existed, so with the paper's; 0003: no subset
+    paper = {"recipe": "paper", "lr_schedule": "constant", "lr_final_fraction": 0.0,
+             "warmup_steps": 0, "log_snr_share": 0.0, "parametrization": "entropy_matching",
+             "stop_when_converged": False, "convergence_tolerance": 0.02}
+    assert up["job_1"] == {**OLD_TRAIN, "training": {**OLD_TRAIN["training"], **paper},
+                           "n_train": None, "subset_seed": 0}
     assert parse_job_spec(up["job_1"]).n_train is None  # valid for the new contract
     assert up["job_2"] == SAMPLE
     assert (_count(blank_url, "measurements"), _count(blank_url, "job_milestones")) == (1, 1)
