@@ -138,7 +138,7 @@ class TrainingSpec(_Strict):
     lr_final_fraction: float | None = Field(None, ge=0, le=1, description="End of the cosine "
                                             "schedule as a fraction of lr; default: the recipe's.")
     warmup_steps: int | None = Field(None, ge=0, description="Linear lr warm-up (optimizer "
-                                     "steps); default: the recipe's.")
+                                     "steps; at most a tenth of the run); default: the recipe's.")
     log_snr_share: float | None = Field(
         None, ge=0, le=1, description="Share of training times drawn uniformly in log-SNR (the "
         "entropy's own weighting), the rest uniformly in s; default: the recipe's.")

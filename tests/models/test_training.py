@@ -296,6 +296,18 @@ def test_lr_schedule_shapes() -> None:
     assert lr_at(TrainingConfig(), 1000, 5) == 1.0
 
 
+def test_warmup_is_at_most_a_tenth_of_a_short_run() -> None:
+    config = TrainingConfig(lr_schedule="cosine", lr_final_fraction=0.1, warmup_steps=500)
+    # 200 steps: warm-up over 20 steps (not 500, which would never reach the peak), then cosine
+    assert lr_at(config, 0, 200) == pytest.approx(1 / 20)
+    assert lr_at(config, 19, 200) == pytest.approx(1.0)
+    assert lr_at(config, 199, 200) == pytest.approx(0.1)
+    assert max(lr_at(config, s, 200) for s in range(200)) == pytest.approx(1.0)
+    # a long run keeps the full 500 steps
+    assert lr_at(config, 249, 10_000) == pytest.approx(0.5)
+    assert lr_at(config, 499, 10_000) == pytest.approx(1.0)
+
+
 def test_config_round_trip_and_validation() -> None:
     config = TrainingConfig(epochs=7, milestones=(2, 7), ema_decay=0.99, weighting="likelihood")
     assert TrainingConfig.from_dict(config.to_dict()) == config
