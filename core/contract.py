@@ -408,5 +408,7 @@ class Reproducibility(BaseModel):
     device: str | None
     code_version: str
     torch_version: str
+    torch_threads: int | None = Field(None, description="CPU threads of torch's ops in the job "
+                                      "(WORKER_TORCH_THREADS); not recorded before it was added.")
     checkpoint_id: str | None
     epoch: int | None

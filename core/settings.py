@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     progress_interval_seconds: float = Field(1.0, description="Least time between progress writes to the DB.")
     reconcile_interval_seconds: float = Field(30.0, description="How often the worker re-enqueues lost jobs.")
     worker_device: str | None = Field(None, description="Force the worker's device (cpu, cuda, cuda:1).")
+    worker_torch_threads: int = Field(0, ge=0, description="CPU threads of each job's torch ops "
+                                      "(0: torch's default, one per core); set it when several "
+                                      "workers share a host.")
 
     @property
     def resolved_database_url(self) -> str:

@@ -33,9 +33,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _preload() -> None:
-    """Import torch and the science code in the parent (no CUDA initialisation)."""
-    import torch  # noqa: F401
+def _preload(torch_threads: int) -> None:
+    """Import torch and the science code in the parent (no CUDA initialisation); set torch's CPU
+    threads (inherited by the forked horses) when `torch_threads` > 0."""
+    import torch
+
+    if torch_threads > 0:
+        torch.set_num_threads(torch_threads)
 
     import models.data  # noqa: F401
     import models.entropy.estimators  # noqa: F401
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     connection = redis_connection()
     _wait_for_redis(connection, REDIS_WAIT_SECONDS)
     try:
-        _preload()
+        _preload(settings.worker_torch_threads)
     except ImportError as exc:  # a science module missing: jobs will report it, keep serving
         log.warning("could not preload the science modules: %s", exc)
     log.info("worker %s on queues %s (redis %s, database %s)", name, ",".join(queues),

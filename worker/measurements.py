@@ -183,6 +183,7 @@ def store_measurement(
         device=context.device,
         code_version=code_version(),
         torch_version=torch.__version__,
+        torch_threads=torch.get_num_threads(),
         checkpoint_id=checkpoint_id,
         epoch=epoch,
     )

@@ -67,7 +67,7 @@ def running_stack(database_url: str, redis_url: str, data_dir: Path, log_dir: Pa
     key = new_key(database_url)
     port = free_port()
     env = clean_env(DATA_DIR=str(data_dir), DATABASE_URL=database_url, REDIS_URL=redis_url,
-                    PROGRESS_INTERVAL_SECONDS="0.25", **extra_env)
+                    PROGRESS_INTERVAL_SECONDS="0.25", **{"WORKER_TORCH_THREADS": "1", **extra_env})
     logs = [log_dir / "worker.log", log_dir / "api.log"]
     worker = spawn(["-m", "worker", "--queues", "cpu"], env, logs[0])
     api = spawn(["-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],

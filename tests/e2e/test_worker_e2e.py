@@ -85,6 +85,7 @@ def _train_and_fetch_curve(stack: Stack) -> None:
         m = c.get(f"/v1/measurements/{job['measurement_id']}").json()
         s_nn, s_tot = m["neural_entropy"]["nats"], m["total_entropy"]["nats"]
         assert math.isfinite(s_nn) and s_tot > 0
+        assert m["reproducibility"]["torch_threads"] == 1  # WORKER_TORCH_THREADS of the stack
 
         rows = c.get(f"/v1/measurements/{job['measurement_id']}/curve",
                      params={"format": "json"}).json()
