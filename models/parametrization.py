@@ -45,12 +45,15 @@ class EntropyMatchingModel(nn.Module):
         self.process = process
         self.parametrization: Parametrization = parametrization
         self.e_scale = e_theta_scale(process, parametrization)
+        config = getattr(network, "config", None)
+        # an unconditional network (num_classes None) is read without labels, even on labelled data
+        self.takes_labels = config is None or getattr(config, "num_classes", None) is not None
 
     def forward(self, y: torch.Tensor, s: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.e_theta(y, s, labels)
 
     def _net(self, y: torch.Tensor, s: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        return self.network(y, s, labels)
+        return self.network(y, s, labels if self.takes_labels else None)
 
     def e_theta(self, y: torch.Tensor, s: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """e_theta(y, s) ~ grad log p_s - grad log p_eq, shape of y (B, ...)."""

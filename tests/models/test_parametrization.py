@@ -91,3 +91,23 @@ def test_noise_reading_matches_epsilon_of_the_perturbation() -> None:
 def test_unknown_parametrization_is_refused() -> None:
     with pytest.raises(ValueError, match="parametrization"):
         EntropyMatchingModel(nn.Identity(), VP(), "velocity")  # type: ignore[arg-type]
+
+
+def test_an_unconditional_network_is_read_without_labels_a_conditional_one_with_them() -> None:
+    """Labelled data (digits) measured with an unconditional network: the labels are not passed
+    (the network would refuse them); a class-conditional network gets them and depends on them."""
+    from models.networks import build_network
+    from models.networks.unet import UNetConfig
+
+    y, s = torch.randn(6, 1, 8, 8), torch.full((6,), 0.3)
+    labels = torch.arange(6) % 3
+    plain = build_network(UNetConfig(in_channels=1, image_size=8, base_channels=8, seed=0))
+    model = EntropyMatchingModel(plain, VP())
+    assert torch.equal(model.e_theta(y, s, labels), model.e_theta(y, s))
+    conditional = build_network(UNetConfig(in_channels=1, image_size=8, base_channels=8,
+                                           num_classes=3, seed=0))
+    cmodel = EntropyMatchingModel(conditional, VP())
+    with torch.no_grad():  # a fresh network's class embedding can be zero-initialised
+        for p in conditional.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    assert not torch.allclose(cmodel.e_theta(y, s, labels), cmodel.e_theta(y, s, (labels + 1) % 3))
