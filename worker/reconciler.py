@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # runs of one job (first + 2 resumes) before the reconciler gives up
 QUEUED_GRACE_SECONDS = 60.0  # a queued job this young may still be on its way into Redis
+REQUEUE_GRACE_SECONDS = 10.0  # a job the reconciler put back this recently is on its way too
 _RQ_ALIVE = {"queued", "started", "deferred", "scheduled", "created"}
 _RQ_ENDED = {"finished", "failed", "stopped", "canceled"}
 
@@ -84,6 +85,9 @@ def lost_reason(job: Job, connection: Redis, now: datetime, grace: float,
         return None
     if job.rq_job_id is None and (now - job.created_at) < timedelta(seconds=grace):
         return None  # the API may not have enqueued it yet
+    requeued_at = job.heartbeat_at  # set by a reconciler's requeue, just before its enqueue
+    if requeued_at is not None and (now - requeued_at) < timedelta(seconds=REQUEUE_GRACE_SECONDS):
+        return None
     return f"queued but its RQ job is {state or 'gone'}"
 
 
@@ -144,6 +148,7 @@ def reconcile(
             values = {
                 "status": JobStatus.queued.value,
                 "worker_name": None,
+                "heartbeat_at": utcnow(),  # marks the requeue (REQUEUE_GRACE_SECONDS)
                 "rq_job_id": rq_job_id(job.id, job.attempts),
                 "progress": {**(job.progress or {}), "phase": "requeued", "eta_seconds": None},
             }

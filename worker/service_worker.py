@@ -10,6 +10,10 @@
   is doing (rq 3's dequeue loops inside Redis while idle and would never return to us). The
   thread has its own Redis client, so a horse forked while it works inherits no busy connection
   pool; it never touches torch.
+- The worker's own lease (`core.workers`): the same thread pool of the parent renews the worker's
+  row in the `workers` table every LEASE_SECONDS / 3 (queues, device, idle or busy with which
+  job), which `GET /v1/workers` and the `waiting_for_worker` phase read; the row is removed on a
+  clean stop.
 - SIGTERM / SIGINT: a cold stop at once. The running horse is killed; its job stays `running` in
   the DB with its lease dropped, so the next reconciler pass of any worker re-enqueues it, and it
   resumes from its last saved training state. (RQ's default waits for the job to finish, which
@@ -19,21 +23,25 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from redis import Redis
+from redis import ConnectionPool, Redis
 from rq.worker import Worker, WorkerStatus
 from sqlalchemy import update
 
 from core.db import get_engine, session_scope
 from core.lifecycle import die_with_parent
 from core.settings import get_settings
-from core.tables import Job, JobStatus
+from core.tables import Job, JobStatus, utcnow
+from core.workers import delete_dead_workers, remove_worker, renew_worker
+from worker.lease import renew_interval
 from worker.reconciler import reconcile
 
 log = logging.getLogger(__name__)
@@ -77,16 +85,24 @@ class PeriodicTask:
 
 def private_redis(connection: Redis) -> Redis:
     """A client with its own connection pool to the server `connection` talks to."""
-    return Redis(**connection.connection_pool.connection_kwargs)
+    pool = connection.connection_pool
+    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class,
+                                                **pool.connection_kwargs))
 
 
 class ServiceWorker(Worker):
     """rq.Worker with a reconciler on its own clock, fork hygiene and a prompt shutdown."""
 
-    def __init__(self, *args: Any, reconcile_interval: float | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, reconcile_interval: float | None = None,
+                 device_label: str = "cpu", **kwargs: Any) -> None:
+        settings = get_settings()
         interval = float(reconcile_interval if reconcile_interval is not None
-                         else get_settings().reconcile_interval_seconds)
+                         else settings.reconcile_interval_seconds)
         self.reconcile_interval = max(0.05, interval)
+        self.lease_seconds = float(settings.lease_seconds)
+        self.device_label = device_label
+        self.current_db_job: str | None = None
+        self.born_at = utcnow()
         kwargs.setdefault("worker_ttl", int(self.reconcile_interval) + 15)
         kwargs.setdefault("job_monitoring_interval", max(1, min(30, int(self.reconcile_interval))))
         super().__init__(*args, **kwargs)
@@ -100,6 +116,8 @@ class ServiceWorker(Worker):
             return
         self._maintenance_redis = private_redis(self.connection)
         self._tasks = [
+            PeriodicTask(f"lease-{self.name}", renew_interval(self.lease_seconds),
+                         self.renew_lease),
             PeriodicTask(f"reconciler-{self.name}", self.reconcile_interval, self.reconcile_now),
         ]
         for task in self._tasks:
@@ -108,6 +126,29 @@ class ServiceWorker(Worker):
     def stop_maintenance(self) -> None:
         for task in self._tasks:
             task.stop()
+
+    def renew_lease(self) -> None:
+        """Insert or refresh this worker's row in `workers` (and forget long-dead workers)."""
+        with session_scope() as session:
+            renew_worker(session, name=self.name, hostname=socket.gethostname(), pid=os.getpid(),
+                         queues=list(self.queue_names()), device=self.device_label,
+                         current_job_id=self.current_db_job, started_at=self.born_at)
+            delete_dead_workers(session, self.lease_seconds)
+
+    def drop_lease(self) -> None:
+        try:
+            with session_scope() as session:
+                remove_worker(session, self.name)
+        except Exception:  # noqa: BLE001 - the row then dies with its lease
+            log.exception("worker %s: could not remove its lease row", self.name)
+
+    def execute_job(self, job: Any, queue: Any) -> None:
+        args = getattr(job, "args", None) or [None]
+        self.current_db_job = str(args[0]) if args[0] is not None else None
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self.current_db_job = None
 
     def reconcile_now(self) -> None:
         report = reconcile(self._maintenance_redis or private_redis(self.connection))
@@ -121,6 +162,7 @@ class ServiceWorker(Worker):
 
     def teardown(self) -> None:
         self.stop_maintenance()
+        self.drop_lease()
         super().teardown()
 
     # ---- fork hygiene ----
@@ -154,6 +196,7 @@ class ServiceWorker(Worker):
             self.kill_horse()
             self.wait_for_horse()
             self.release_jobs()
+        self.drop_lease()
         if self.get_state() == WorkerStatus.BUSY:
             self.set_state(WorkerStatus.IDLE)
         raise SystemExit(0)
