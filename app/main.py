@@ -16,7 +16,16 @@ from pydantic import BaseModel
 from sqlalchemy.orm import sessionmaker
 
 from app.errors import install_error_handlers
-from app.routes import checkpoints, compare, datasets, health, jobs, measurements, sweeps
+from app.routes import (
+    checkpoints,
+    compare,
+    datasets,
+    health,
+    jobs,
+    measurements,
+    sweeps,
+    workers,
+)
 from app.services.metrics import LatencyMiddleware, Metrics
 from core import queue as rq_client
 from core.artifacts import ArtifactStore
@@ -98,7 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     for router in (health.router, datasets.router, jobs.router, sweeps.router,
-                   measurements.router, compare.router, checkpoints.router):
+                   measurements.router, compare.router, checkpoints.router, workers.router):
         app.include_router(router)
     _install_openapi(app)
     return app

@@ -288,8 +288,10 @@ class DatasetSplit(_Strict):
 
 # ---- documents the worker writes ----
 class JobProgress(BaseModel):
-    phase: str = Field(description="queued | starting | training | milestone | measuring | "
-                       "loading | sampling | done | failed | canceled")
+    phase: str = Field(description="queued | waiting_for_worker (queued, and no live worker "
+                       "listens on its queue) | requeued (its run was lost; it resumes) | "
+                       "starting | training | milestone | measuring | loading | sampling | done | "
+                       "failed | canceled")
     epoch: int | None = None
     epochs: int | None = None
     loss: float | None = None

@@ -246,4 +246,20 @@ class CurvePoint(Base):
     measurement: Mapped[Measurement] = relationship(back_populates="points")
 
 
+class WorkerRow(Base):
+    """A live (or recently live) worker: its lease, renewed every LEASE_SECONDS / 3 by the
+    worker's parent process; a row whose `heartbeat_at` is older than LEASE_SECONDS is dead."""
+
+    __tablename__ = "workers"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # the RQ worker name
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list[Any]] = mapped_column(JsonType)  # e.g. ["gpu", "cpu"]
+    device: Mapped[str] = mapped_column(String(200))  # "cpu", "cuda (NVIDIA H200)"
+    state: Mapped[str] = mapped_column(String(20))  # idle | busy
+    current_job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
 Index("ix_jobs_owner_status", Job.owner_id, Job.status)

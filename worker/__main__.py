@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from worker.devices import worker_queues
+    from worker.devices import worker_device_label, worker_queues
     from worker.service_worker import ServiceWorker
 
     settings = get_settings()
@@ -75,9 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         _preload(settings.worker_torch_threads)
     except ImportError as exc:  # a science module missing: jobs will report it, keep serving
         log.warning("could not preload the science modules: %s", exc)
-    log.info("worker %s on queues %s (redis %s, database %s)", name, ",".join(queues),
+    log.info("worker %s on queues %s, device %s (redis %s, database %s)", name, ",".join(queues),
+             worker_device_label(queues),
              settings.resolved_redis_url, settings.resolved_database_url.split("@")[-1])
-    w = ServiceWorker(queues, connection=connection, name=name)
+    device = worker_device_label(queues)
+    w = ServiceWorker(queues, connection=connection, name=name, device_label=device)
     w.work(burst=args.burst, max_jobs=args.max_jobs, logging_level=args.log_level.upper())
     return 0
 

@@ -105,7 +105,11 @@ class JobPublic(BaseModel):
     checkpoint_id: str | None = Field(description="Final checkpoint (train jobs).")
     milestones: list[MilestonePublic]
     device: str | None
-    compute_seconds: float | None
+    attempts: int = Field(description="Runs of this job so far (a run lost with its worker is "
+                          "taken over by another run, which resumes it).")
+    compute_seconds: float | None = Field(
+        description="Worker seconds spent on this job, summed over every attempt (a killed "
+        "attempt's time up to its last lease renewal included).")
     sweep_id: str | None = Field(None, description="The sweep this job belongs to, if any.")
     links: dict[str, str] = Field(description="Related resources (samples, measurement, ...).")
     request: JobSpec = Field(description="The fully resolved request (every default filled in).")

@@ -29,8 +29,9 @@ from app.services import job_requests
 from app.services.pages import newest_first_page
 from core import queue as rq_client
 from core.contract import Convergence, JobProgress, QueueName, parse_job_spec
-from core.settings import Settings
+from core.settings import Settings, get_settings
 from core.tables import Job, JobMilestone, JobStatus, Owner, utcnow
+from core.workers import live_queues
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +166,15 @@ def _drop_from_queue(rq_job_id: str, connection: Redis) -> None:
 
 
 # ---- documents ----
-def _progress(job: Job) -> JobProgress:
+def _progress(job: Job, live_queues: set[str] | None = None) -> JobProgress:
+    """The job's progress document; a queued job on a queue no live worker listens on (per
+    `live_queues`, the `workers` table) says `waiting_for_worker`."""
     raw: dict[str, Any] = {"phase": job.status, **(job.progress or {})}
     if job.status == JobStatus.succeeded.value:
         raw["fraction"] = 1.0
+    if (job.status == JobStatus.queued.value and live_queues is not None
+            and job.queue not in live_queues):
+        raw["phase"] = "waiting_for_worker"
     return JobProgress.model_validate(raw)
 
 
@@ -192,13 +198,19 @@ def job_links(job: Job) -> dict[str, str]:
     return links
 
 
-def job_public(session: Session, job: Job) -> JobPublic:
+def job_public(session: Session, job: Job, lease_seconds: float | None = None) -> JobPublic:
+    """The public document of `job`. A queued job reads the live workers' queues (`workers`
+    table, leases of `lease_seconds`, default Settings.lease_seconds)."""
+    live = None
+    if job.status == JobStatus.queued.value:
+        lease = get_settings().lease_seconds if lease_seconds is None else lease_seconds
+        live = live_queues(session, lease)
     milestones = session.scalars(
         select(JobMilestone).where(JobMilestone.job_id == job.id).order_by(JobMilestone.epoch)
     ).all()
     return JobPublic(
         id=job.id, type=job.type, status=job.status, queue=job.queue,  # type: ignore[arg-type]
-        progress=_progress(job), created_at=job.created_at, started_at=job.started_at,
+        progress=_progress(job, live), attempts=job.attempts, created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at, error=job.error, cancel_requested=job.cancel_requested,
         dataset_id=job.dataset_id, input_checkpoint_id=job.input_checkpoint_id,
         measurement_id=job.measurement_id, checkpoint_id=job.checkpoint_id,

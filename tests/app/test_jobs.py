@@ -47,7 +47,8 @@ def test_train_with_only_a_dataset_gets_every_default(api: TestClient, dataset: 
     job = r.json()
     assert r.headers["location"] == f"/v1/jobs/{job['id']}"
     assert job["status"] == "queued" and job["type"] == "train"
-    assert job["progress"]["phase"] == "queued"
+    assert job["progress"]["phase"] == "waiting_for_worker"  # no worker runs in these tests
+    assert job["attempts"] == 0
     for key in ("progress", "created_at", "started_at", "finished_at", "error", "measurement_id",
                 "checkpoint_id", "milestones", "request"):
         assert key in job

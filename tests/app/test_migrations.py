@@ -48,3 +48,21 @@ def test_cli_migrate_uses_data_dir(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'neural-entropy.sqlite3'}")
     assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
     engine.dispose()
+
+
+def test_fencing_migration_adds_and_removes_the_workers_table(tmp_path: Path) -> None:
+    """0005 (fencing and worker leases) is the head: one step down drops `workers` and nothing
+    else, and it comes back."""
+    url = f"sqlite:///{tmp_path / 'fencing.sqlite3'}"
+    cfg = alembic_config(url)
+    command.upgrade(cfg, "head")
+    engine = make_engine(url)
+    before = set(inspect(engine).get_table_names())
+    assert "workers" in before
+    command.downgrade(cfg, "0005-1")
+    assert set(inspect(engine).get_table_names()) == before - {"workers"}
+    command.upgrade(cfg, "head")
+    columns = {c["name"] for c in inspect(engine).get_columns("workers")}
+    assert columns == {"name", "hostname", "pid", "queues", "device", "state", "current_job_id",
+                       "started_at", "heartbeat_at"}
+    engine.dispose()

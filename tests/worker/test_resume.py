@@ -3,10 +3,12 @@ uninterrupted run ends (bit for bit on CPU)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from core.db import session_scope
-from core.tables import Job, Measurement
+from core.tables import Job, Measurement, utcnow
 from tests.worker.seed import make_job, make_mixture_dataset, make_owner, train_request
 from worker import jobs, train_job
 from worker.reconciler import reconcile
@@ -45,7 +47,10 @@ def test_crashed_train_job_resumes_and_matches_an_uninterrupted_run(
     with session_scope() as session:
         assert session.get(Job, crashed).status == "running"
 
-    # the reconciler sees a running job on a dead worker and puts it back on the queue
+    # the run's lease expires (nothing renews it any more); the reconciler sees that and puts
+    # the job back on the queue
+    with session_scope() as session:
+        session.get(Job, crashed).heartbeat_at = utcnow() - timedelta(hours=1)
     assert reconcile().requeued == [crashed]
 
     seen: list[int | None] = []
