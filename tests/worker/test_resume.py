@@ -10,7 +10,7 @@ from core.tables import Job, Measurement
 from tests.worker.seed import make_job, make_mixture_dataset, make_owner, train_request
 from worker import jobs, train_job
 from worker.reconciler import reconcile
-from worker.resume import training_state_path
+from worker.resume import has_training_state
 
 
 class Crash(BaseException):
@@ -41,7 +41,7 @@ def test_crashed_train_job_resumes_and_matches_an_uninterrupted_run(
         m.setattr(jobs, "_cleanup", lambda ctx: None)
         with pytest.raises(Crash):
             jobs.run_job(crashed)
-    assert training_state_path(crashed).is_file()
+    assert has_training_state(crashed)
     with session_scope() as session:
         assert session.get(Job, crashed).status == "running"
 
@@ -58,7 +58,7 @@ def test_crashed_train_job_resumes_and_matches_an_uninterrupted_run(
     monkeypatch.setattr(train_job.TrainRun, "_train", spy)
     assert jobs.run_job(crashed) == "succeeded"
     assert seen == [2]  # resumed after epoch 2, not from scratch
-    assert not training_state_path(crashed).exists()  # removed once the job ended
+    assert not has_training_state(crashed)  # removed once the job ended
     assert jobs.run_job(clean) == "succeeded"
 
     with session_scope() as session:
