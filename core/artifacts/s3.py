@@ -148,7 +148,7 @@ class S3ArtifactStore(ArtifactStore):
     def _put_file(self, sha: str, source: Path, size: int, media_type: str, *,
                   move: bool) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
-        from s3transfer.exceptions import S3UploadFailedError
+        from boto3.exceptions import S3UploadFailedError
 
         try:
             self._client().upload_file(
