@@ -48,7 +48,15 @@ class Settings(BaseSettings):
     # ---- jobs ----
     job_timeout_seconds: int = Field(7 * 24 * 3600, description="RQ job timeout (RQ's 180 s default kills training).")
     progress_interval_seconds: float = Field(1.0, description="Least time between progress writes to the DB.")
-    reconcile_interval_seconds: float = Field(30.0, description="How often the worker re-enqueues lost jobs.")
+    reconcile_interval_seconds: float = Field(
+        10.0, description="How often each worker's reconciler looks for lost jobs (its own clock, busy or idle).")
+    lease_seconds: float = Field(
+        30.0, description="A running job (and a worker) renews its lease every third of this; a lease "
+                          "older than this is expired. Takeover bound: LEASE_SECONDS + RECONCILE_INTERVAL_SECONDS.")
+    orphan_grace_seconds: float = Field(
+        3600.0, description="Staging files and unreferenced blobs older than this are swept.")
+    sweep_interval_seconds: float = Field(
+        900.0, description="How often each worker sweeps orphans (also once at start-up).")
     training_state_interval_seconds: float = Field(
         300.0, gt=0, description="Wall-clock time between saved training states (resume points).")
     worker_device: str | None = Field(None, description="Force the worker's device (cpu, cuda, cuda:1).")

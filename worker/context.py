@@ -1,5 +1,6 @@
 """What a job body gets: the job's resolved spec (`core.contract`), its inputs, the device it
-runs on, the attempt, and the progress reporter (which also reads the cancellation flag)."""
+runs on, the attempt, its lease (the fence of every write) and the progress reporter (which also
+reads the cancellation flag)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 
 from core.contract import MeasureJobSpec, SampleJobSpec, TrainJobSpec
 from worker.errors import JobCanceled
+from worker.lease import RunLease
 from worker.progress import ProgressReporter
 
 
@@ -26,6 +28,7 @@ class JobContext:
     device: str
     worker_name: str
     reporter: ProgressReporter
+    lease: RunLease  # fences every write of this run on its attempt (worker.lease)
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -37,7 +40,9 @@ class JobContext:
         return round(time.monotonic() - self.started, 3)
 
     def check_canceled(self) -> None:
-        """Raise JobCanceled when cancellation was asked for (checked between steps/phases)."""
+        """Raise JobCanceled when cancellation was asked for (checked between steps/phases), or
+        JobSuperseded when this run's attempt was taken over."""
+        self.lease.check()
         if self.reporter.cancel_requested():
             raise JobCanceled()
 

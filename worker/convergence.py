@@ -20,6 +20,7 @@ from models.entropy.estimators import MeasurementConfig, neural_entropy
 from models.parametrization import EntropyMatchingModel, Parametrization
 from models.processes import ForwardProcess
 from models.training.convergence import TrajectoryPoint, convergence_verdict, evaluation_epochs
+from worker.lease import RunLease
 
 CHEAP_EVALUATIONS = 16_384  # network evaluations of one trajectory estimate (~0.3 % stderr)
 CHEAP_TIMES = 32  # curve points of a trajectory estimate
@@ -37,7 +38,9 @@ class ConvergenceTracker:
     """Estimates S_NN on the evaluation epochs and keeps the verdict on the job row."""
 
     def __init__(self, job_id: str, attempt: int, spec: TrainJobSpec, process: ForwardProcess,
-                 pool: DataSet, device: str, start_epoch: int) -> None:
+                 pool: DataSet, device: str, start_epoch: int,
+                 lease: RunLease | None = None) -> None:
+        self.lease = lease
         self.job_id, self.attempt, self.process, self.pool, self.device = (
             job_id, attempt, process, pool, device)
         training = spec.training
@@ -81,6 +84,9 @@ class ConvergenceTracker:
             trajectory=list(self.trajectory))
 
     def _write(self, doc: Convergence) -> None:
+        if self.lease is not None:  # fenced on the run's attempt (worker.lease)
+            self.lease.write(convergence=doc.model_dump(mode="json"))
+            return
         with session_scope() as session:
             session.execute(update(Job).where(Job.id == self.job_id, Job.attempts == self.attempt)
                             .values(convergence=doc.model_dump(mode="json")))

@@ -3,13 +3,16 @@ and record the outcome. The DB row, not Redis, is the truth:
 
 - claim: `queued -> running` in one fenced UPDATE (so a job enqueued twice runs once), recording
   started_at, worker_name, device and the attempt number; a job canceled while queued ends here;
+- lease: the run's `worker.lease.RunLease` renews `heartbeat_at` (and accumulates
+  `compute_seconds`) in a background thread, and fences every write of the run on its attempt;
 - body: `JOB_BODIES[type]` (`worker.train_job.run_train`, `worker.measure_job.run_measure`,
   `worker.sample_job.run_sample`), which reads the resolved spec (`core.contract`), reports
-  progress and returns the columns to set on success;
-- outcome: `succeeded` with compute_seconds, `canceled` when cancellation was asked for, or `failed`
-  with a readable one-line error (the traceback goes to the log, never into the row). Every final
-  write is fenced on (status running, attempts) so a job taken over by the reconciler is not
-  overwritten by a stale run.
+  progress, does the heavy work and returns its *commit*: a function that stores the results in
+  a session and returns the columns to set on success;
+- outcome: the commit and `succeeded` in one fenced transaction (so a run that dies in between
+  leaves nothing behind), `canceled` when cancellation was asked for, or `failed` with a readable
+  one-line error (the traceback goes to the log, never into the row). A run whose attempt was
+  superseded (the reconciler took the job over) writes nothing and returns `superseded`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from core.contract import JobProgress, parse_job_spec
 from core.db import rows_changed, session_scope
@@ -28,6 +32,7 @@ from core.tables import Job, JobStatus, JobType, utcnow
 from worker.context import JobContext, current_worker_name
 from worker.devices import job_device
 from worker.errors import JobCanceled, readable_error
+from worker.lease import JobSuperseded, RunLease
 from worker.measure_job import run_measure
 from worker.progress import ProgressReporter
 from worker.resume import delete_training_state
@@ -37,7 +42,8 @@ from worker.train_job import run_train
 log = logging.getLogger(__name__)
 ROW_WAIT_SECONDS = 10.0  # how long to wait for a job row not yet committed by the API
 
-JobBody = Callable[[JobContext], dict[str, Any]]
+Commit = Callable[[Session], dict[str, Any]]  # stores the results, returns the columns to set
+JobBody = Callable[[JobContext], Commit]
 JOB_BODIES: dict[str, JobBody] = {
     JobType.train.value: run_train,
     JobType.measure.value: run_measure,
@@ -94,7 +100,9 @@ def claim(job_id: str, worker_name: str, device: str) -> JobContext | None:
     if not won:
         log.warning("job %s was claimed by someone else", job_id)
         return None
-    reporter = ProgressReporter(job_id, get_settings().progress_interval_seconds)
+    settings = get_settings()
+    lease = RunLease(job_id, attempt, settings.lease_seconds)
+    reporter = ProgressReporter(job_id, settings.progress_interval_seconds, lease=lease)
     return JobContext(
         job_id=job_id,
         owner_id=job.owner_id,
@@ -105,6 +113,7 @@ def claim(job_id: str, worker_name: str, device: str) -> JobContext | None:
         device=device,
         worker_name=worker_name,
         reporter=reporter,
+        lease=lease,
     )
 
 
@@ -116,7 +125,8 @@ def _finish(
     *,
     from_status: JobStatus = JobStatus.running,
 ) -> bool:
-    """Set the final status (fenced on the current status and attempt); True if written."""
+    """Set a final status fenced on the current status and attempt (no lease: a job canceled
+    while queued); True if written."""
     with session_scope() as session:
         return rows_changed(session, (
             update(Job)
@@ -125,10 +135,20 @@ def _finish(
         )) == 1
 
 
-def _previous_compute_seconds(job_id: str) -> float:
-    with session_scope() as session:
-        value = session.execute(select(Job.compute_seconds).where(Job.id == job_id)).scalar()
-    return float(value or 0.0)
+def _end_run(ctx: JobContext, status: JobStatus, values: dict[str, Any],
+             commit: Commit | None = None) -> bool:
+    """In one transaction fenced on this run's attempt: `commit` (store the results) and the final
+    status with `values`; compute_seconds gets the run's last unaccounted seconds. False (and
+    nothing written) when the attempt was superseded."""
+    ctx.lease.stop()
+    try:
+        with ctx.lease.session() as session:
+            updates = commit(session) if commit is not None else {}
+            session.execute(update(Job).where(Job.id == ctx.job_id).values(
+                status=status.value, finished_at=utcnow(), **updates, **values))
+    except JobSuperseded:
+        return False
+    return True
 
 
 def run_job(job_id: str) -> str:
@@ -142,33 +162,49 @@ def run_job(job_id: str) -> str:
     if ctx is None:
         return "skipped"
     log.info("job %s (%s) attempt %d on %s", job_id, ctx.type, ctx.attempt, device)
-    earlier = _previous_compute_seconds(job_id)
+    ctx.lease.start()
     try:
-        updates = JOB_BODIES[ctx.type](ctx)
+        return _run(ctx)
+    finally:
+        ctx.lease.stop()
+
+
+def _run(ctx: JobContext) -> str:
+    job_id = ctx.job_id
+    try:
+        commit = JOB_BODIES[ctx.type](ctx)
+    except JobSuperseded:
+        log.warning("job %s: attempt %d was superseded (taken over); stopped without writing",
+                    job_id, ctx.attempt)
+        return "superseded"
     except JobCanceled:
-        _finish(job_id, ctx.attempt, JobStatus.canceled,
-                {"progress": ctx.reporter.final("canceled"),
-                 "compute_seconds": earlier + ctx.elapsed()})
-        _cleanup(ctx)
+        written = _finish_run(ctx, JobStatus.canceled, {"progress": ctx.reporter.final("canceled")})
         log.info("job %s canceled", job_id)
-        return JobStatus.canceled.value
+        return JobStatus.canceled.value if written else "superseded"
     except Exception as exc:  # noqa: BLE001 - every failure is recorded
-        # (SystemExit / KeyboardInterrupt pass: the row stays `running` and the reconciler
-        # re-enqueues the job, which resumes from its last saved state)
-        message = readable_error(exc, device=device)
+        # (SystemExit / KeyboardInterrupt pass: the row stays `running`, its lease expires and the
+        # reconciler re-enqueues the job, which resumes from its last saved state)
+        message = readable_error(exc, device=ctx.device)
         log.exception("job %s failed: %s", job_id, message)
-        _finish(job_id, ctx.attempt, JobStatus.failed,
-                {"error": message, "progress": ctx.reporter.final("failed"),
-                 "compute_seconds": earlier + ctx.elapsed()})
-        _cleanup(ctx)
-        return JobStatus.failed.value
-    written = _finish(job_id, ctx.attempt, JobStatus.succeeded,
-                      {**updates, "progress": ctx.reporter.final("done", fraction=1.0),
-                       "compute_seconds": earlier + ctx.elapsed()})
-    _cleanup(ctx)
+        written = _finish_run(ctx, JobStatus.failed,
+                              {"error": message, "progress": ctx.reporter.final("failed")})
+        return JobStatus.failed.value if written else "superseded"
+    written = _finish_run(ctx, JobStatus.succeeded,
+                          {"progress": ctx.reporter.final("done", fraction=1.0)}, commit)
     if not written:
-        log.warning("job %s: finished, but the row was taken over meanwhile", job_id)
+        log.warning("job %s: attempt %d finished, but the job was taken over meanwhile; its "
+                    "results were not stored", job_id, ctx.attempt)
+        return "superseded"
     return JobStatus.succeeded.value
+
+
+def _finish_run(ctx: JobContext, status: JobStatus, values: dict[str, Any],
+                commit: Commit | None = None) -> bool:
+    """End the run (`_end_run`) and, when it was still current, clean up after it."""
+    written = _end_run(ctx, status, values, commit)
+    if written:
+        _cleanup(ctx)
+    return written
 
 
 def _cleanup(ctx: JobContext) -> None:

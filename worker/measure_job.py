@@ -3,7 +3,10 @@ the same measurement as after training, on the job's dataset."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+from sqlalchemy.orm import Session
 
 from core.contract import MeasureJobSpec
 from core.db import session_scope
@@ -12,8 +15,9 @@ from worker.inputs import check_fits, load_checkpoint, load_dataset
 from worker.measurements import MeasurementContext, measure, store_measurement
 
 
-def run_measure(ctx: JobContext) -> dict[str, Any]:
-    """Job body for `type == "measure"`; returns the job columns to set on success."""
+def run_measure(ctx: JobContext) -> Callable[[Session], dict[str, Any]]:
+    """Job body for `type == "measure"`; returns the commit of its measurement (`worker.jobs`
+    runs it in the transaction of the final status)."""
     spec = ctx.spec
     assert isinstance(spec, MeasureJobSpec)
     ctx.reporter.report("loading", fraction=0.0, force=True)
@@ -30,8 +34,11 @@ def run_measure(ctx: JobContext) -> dict[str, Any]:
         split=spec.measurement.split, process=process.spec(), network=ckpt.config.network,
         training=(ckpt.config.provenance or {}).get("training"), device=ctx.device,
         parametrization=ckpt.config.parametrization)
-    with session_scope() as session:
+
+    def commit(session: Session) -> dict[str, Any]:
         row = store_measurement(session, result, owner_id=ctx.owner_id, job_id=ctx.job_id,
                                 loaded=loaded, checkpoint_id=ckpt.checkpoint_id, epoch=ckpt.epoch,
                                 context=context)
         return {"measurement_id": row.id}
+
+    return commit

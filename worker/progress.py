@@ -3,7 +3,9 @@
 `Job.progress` is a `core.contract.JobProgress`; a write happens at most
 once per `Settings.progress_interval_seconds` (phase changes and `force=True` write at once), and
 each write also refreshes `heartbeat_at` and reads `cancel_requested` in the same transaction, so
-the database sees O(1/interval) statements per second from a job however fast it trains.
+the database sees O(1/interval) statements per second from a job however fast it trains. With a
+run's lease (`worker.lease.RunLease`) every write is fenced on the run's attempt and raises
+`JobSuperseded` once the job was taken over.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from core.contract import JobProgress
 from core.db import session_scope
 from core.tables import Job, utcnow
+from worker.lease import RunLease
 
 TRAINING_SHARE = 0.95  # share of `fraction` given to training; the final measurement gets the rest
 
@@ -39,8 +43,10 @@ class ProgressReporter:
         interval: float,
         *,
         clock: Callable[[], float] = time.monotonic,
+        lease: RunLease | None = None,
     ) -> None:
         self.job_id = job_id
+        self.lease = lease
         self.interval = max(0.0, float(interval))
         self.clock = clock
         self.writes = 0  # number of DB writes so far (tests check the bound)
@@ -81,19 +87,26 @@ class ProgressReporter:
         return True
 
     def _write(self, now: float) -> None:
-        with session_scope() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == self.job_id)
-                .values(progress=self.current.model_dump(), heartbeat_at=utcnow())
-            )
-            cancel = session.execute(
-                select(Job.cancel_requested).where(Job.id == self.job_id)
-            ).scalar_one_or_none()
+        if self.lease is not None:
+            with self.lease.session(progress=self.current.model_dump()) as session:
+                cancel = self._read_cancel(session)
+        else:
+            with session_scope() as session:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == self.job_id)
+                    .values(progress=self.current.model_dump(), heartbeat_at=utcnow())
+                )
+                cancel = self._read_cancel(session)
         self._cancel = bool(cancel)
         self._last_write = now
         self._last_cancel_check = now
         self.writes += 1
+
+    def _read_cancel(self, session: Session) -> bool:
+        return bool(session.execute(
+            select(Job.cancel_requested).where(Job.id == self.job_id)
+        ).scalar_one_or_none())
 
     def report_phase(self, phase: str, *, force: bool = False) -> bool:
         """Record a new phase, keeping epoch, loss, fraction and ETA as they are."""
@@ -113,7 +126,10 @@ class ProgressReporter:
         return self.current.model_copy(update=update_).model_dump()
 
     def cancel_requested(self) -> bool:
-        """Whether cancellation was asked for; re-read from the DB at most every `interval` s."""
+        """Whether cancellation was asked for; re-read from the DB at most every `interval` s.
+        Raises JobSuperseded when this run's attempt was taken over."""
+        if self.lease is not None:
+            self.lease.check()
         now = self.clock()
         if self._last_cancel_check is None or now - self._last_cancel_check >= self.interval:
             with session_scope() as session:

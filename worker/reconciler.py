@@ -1,15 +1,24 @@
-"""The reconciler: the DB is the truth, Redis only transport. Re-enqueue what Redis lost.
+"""The reconciler: the DB is the truth, Redis only transport. Re-enqueue what was lost.
 
 A DB job is *lost* when it is
 - `queued`, older than a grace period, and its RQ job is gone (or already ended): Redis was
   flushed or restarted (the bundled Redis keeps nothing on disk), or the enqueue never happened;
-- `running` on a worker that is dead (its RQ worker key expired or was never there: the whole
-  worker crashed, the machine rebooted), or on a live worker whose RQ job ended without the
-  job finishing in the DB (the work horse was killed, e.g. for memory).
+- `running` and its run's lease expired: `heartbeat_at` (renewed every LEASE_SECONDS / 3 by the
+  run itself, see `worker.lease`) is older than LEASE_SECONDS - its worker died, was killed or
+  stopped, or its machine went away; or
+- `running` while its RQ job has ended (finished, failed, stopped): the work horse died under a
+  live worker (killed for memory, timed out) without finishing the row.
+Liveness is read from the database, not from Redis, so flushing Redis never makes a live run
+look dead (a run that lost its RQ record keeps renewing its lease and finishes normally).
+
 A lost job goes back to `queued` and onto its RQ queue under a fresh RQ id; its next run resumes
-from the last milestone's training state. After `MAX_ATTEMPTS` runs it is failed instead.
-Each change is fenced on the row's (status, attempts, worker_name), so two reconcilers
-(one per worker) never both win.
+from its saved training state. After `MAX_ATTEMPTS` runs it is failed instead. Each change is
+fenced on the row's (status, attempts, worker_name), so two reconcilers (one per worker) never
+both win, and a run that is taken over is fenced out of every later write (`worker.lease`).
+
+Each worker runs `reconcile` on its own clock (`worker.service_worker.Maintenance`), so a job
+whose worker died is taken over within LEASE_SECONDS + RECONCILE_INTERVAL_SECONDS (plus one pass
+and a claim) by any live worker of its queue, idle or busy.
 """
 
 from __future__ import annotations
@@ -21,11 +30,11 @@ from datetime import datetime, timedelta
 from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
-from rq.worker import Worker
 from sqlalchemy import select, update
 
 from core.db import rows_changed, session_scope
 from core.queue import enqueue_job, redis_connection, rq_job_id
+from core.settings import get_settings
 from core.tables import Job, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
@@ -33,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # runs of one job (first + 2 resumes) before the reconciler gives up
 QUEUED_GRACE_SECONDS = 60.0  # a queued job this young may still be on its way into Redis
 _RQ_ALIVE = {"queued", "started", "deferred", "scheduled", "created"}
+_RQ_ENDED = {"finished", "failed", "stopped", "canceled"}
 
 
 @dataclass
@@ -40,15 +50,6 @@ class ReconcileReport:
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     canceled: list[str] = field(default_factory=list)
-
-
-def worker_alive(connection: Redis, worker_name: str | None) -> bool:
-    """True when the RQ worker `worker_name` has a live key: not expired (a crashed worker's key
-    expires after its TTL) and without the `death` mark a stopped worker leaves for 60 s."""
-    if not worker_name:
-        return False
-    key = Worker.redis_worker_namespace_prefix + worker_name
-    return bool(connection.exists(key)) and connection.hget(key, "death") is None
 
 
 def rq_status(connection: Redis, rq_id: str) -> str | None:
@@ -60,20 +61,30 @@ def rq_status(connection: Redis, rq_id: str) -> str | None:
     return None if status is None else str(getattr(status, "value", status))
 
 
-def lost_reason(job: Job, connection: Redis, now: datetime, grace: float) -> str | None:
+def lease_expired(job: Job, now: datetime, lease_seconds: float) -> bool:
+    """True when the run of `job` has not renewed its lease for `lease_seconds` (or never did)."""
+    beat = job.heartbeat_at
+    return beat is None or (now - beat) > timedelta(seconds=lease_seconds)
+
+
+def lost_reason(job: Job, connection: Redis, now: datetime, grace: float,
+                lease_seconds: float) -> str | None:
     """Why `job` (queued or running in the DB) is lost, or None when it is on its way."""
+    if job.status == JobStatus.running.value:
+        if lease_expired(job, now, lease_seconds):
+            age = "never" if job.heartbeat_at is None else \
+                f"{(now - job.heartbeat_at).total_seconds():.1f} s ago"
+            return f"running on {job.worker_name!r}, whose lease expired (last renewed {age})"
+        state = rq_status(connection, job.rq_job_id or job.id)
+        if state in _RQ_ENDED:
+            return f"running but its RQ job is {state}: the work horse died"
+        return None
     state = rq_status(connection, job.rq_job_id or job.id)
-    if job.status == JobStatus.queued.value:
-        if state in _RQ_ALIVE:
-            return None
-        if job.rq_job_id is None and (now - job.created_at) < timedelta(seconds=grace):
-            return None  # the API may not have enqueued it yet
-        return f"queued but its RQ job is {state or 'gone'}"
-    if not worker_alive(connection, job.worker_name):
-        return f"running on worker {job.worker_name!r}, which is gone"
     if state in _RQ_ALIVE:
         return None
-    return f"running but its RQ job is {state or 'gone'}"
+    if job.rq_job_id is None and (now - job.created_at) < timedelta(seconds=grace):
+        return None  # the API may not have enqueued it yet
+    return f"queued but its RQ job is {state or 'gone'}"
 
 
 def reconcile(
@@ -81,9 +92,12 @@ def reconcile(
     *,
     grace_seconds: float = QUEUED_GRACE_SECONDS,
     max_attempts: int = MAX_ATTEMPTS,
+    lease_seconds: float | None = None,
 ) -> ReconcileReport:
-    """Re-enqueue every lost job (or fail it after `max_attempts` runs); returns what changed."""
+    """Re-enqueue every lost job (or fail it after `max_attempts` runs); returns what changed.
+    `lease_seconds` defaults to Settings.lease_seconds."""
     conn = connection or redis_connection()
+    lease = float(lease_seconds if lease_seconds is not None else get_settings().lease_seconds)
     report = ReconcileReport()
     now = utcnow()
     with session_scope() as session:
@@ -91,7 +105,7 @@ def reconcile(
             select(Job).where(Job.status.in_([JobStatus.queued.value, JobStatus.running.value]))
         ).all()
     for job in candidates:
-        reason = lost_reason(job, conn, now, grace_seconds)
+        reason = lost_reason(job, conn, now, grace_seconds, lease)
         if reason is None:
             continue
         fence = (
@@ -104,6 +118,10 @@ def reconcile(
                 else Job.worker_name == job.worker_name
             )
         )
+        if job.status == JobStatus.running.value and lease_expired(job, now, lease):
+            # ... and still expired at the write: a renewal in between keeps the run its job
+            cutoff = now - timedelta(seconds=lease)
+            fence = fence & (Job.heartbeat_at.is_(None) | (Job.heartbeat_at < cutoff))
         if job.cancel_requested:
             values: dict[str, object] = {
                 "status": JobStatus.canceled.value,

@@ -5,10 +5,12 @@ shape (n, ...)) and, for images, a `.png` grid, stored as artifacts whose hashes
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from sqlalchemy.orm import Session
 
 from core.artifacts import get_artifact_store
 from core.contract import SampleJobSpec
@@ -21,8 +23,9 @@ NPY_MEDIA_TYPE = "application/x-npy"
 PNG_MEDIA_TYPE = "image/png"
 
 
-def run_sample(ctx: JobContext) -> dict[str, Any]:
-    """Job body for `type == "sample"`; returns the job columns to set on success."""
+def run_sample(ctx: JobContext) -> Callable[[Session], dict[str, Any]]:
+    """Job body for `type == "sample"`; returns the commit of its blobs (`worker.jobs` runs it in
+    the transaction of the final status)."""
     spec = ctx.spec
     assert isinstance(spec, SampleJobSpec)
     ctx.reporter.report("loading", fraction=0.0, force=True)
@@ -48,7 +51,10 @@ def run_sample(ctx: JobContext) -> dict[str, Any]:
     if len(shape) == 4:
         png = image_grid_png(x.detach().cpu(), config.value_range or (-1.0, 1.0))
     store = get_artifact_store()
-    with session_scope() as session:
+
+    def commit(session: Session) -> dict[str, Any]:
         npy_sha = store.put_bytes(session, buf.getvalue(), NPY_MEDIA_TYPE)
         png_sha = store.put_bytes(session, png, PNG_MEDIA_TYPE) if png is not None else None
-    return {"samples_sha256": npy_sha, "samples_png_sha256": png_sha}
+        return {"samples_sha256": npy_sha, "samples_png_sha256": png_sha}
+
+    return commit

@@ -5,27 +5,35 @@
   never initialises CUDA (see `worker.devices`) and never runs a torch operation (it only
   imports): a child forked after the parent used torch's CPU thread pool can deadlock in it
   (seen here), and one forked after CUDA initialisation cannot use CUDA.
-- The reconciler (`worker.reconciler.reconcile`) runs at start-up and every
-  RECONCILE_INTERVAL_SECONDS, both while idle (the blocking dequeue wakes up that often) and
-  while a horse is working (from the parent's monitoring loop).
+- The reconciler (`worker.reconciler.reconcile`) runs on its own clock in a daemon thread of the
+  parent (`Maintenance`): at start-up and every RECONCILE_INTERVAL_SECONDS, whatever the RQ loop
+  is doing (rq 3's dequeue loops inside Redis while idle and would never return to us). The
+  thread has its own Redis client, so a horse forked while it works inherits no busy connection
+  pool; it never touches torch.
 - SIGTERM / SIGINT: a cold stop at once. The running horse is killed; its job stays `running` in
-  the DB, and the reconciler of the next worker to start re-enqueues it, resuming from the last
-  milestone. (RQ's default waits for the job to finish, which for training can take hours.)
+  the DB with its lease dropped, so the next reconciler pass of any worker re-enqueues it, and it
+  resumes from its last saved training state. (RQ's default waits for the job to finish, which
+  for training can take hours.)
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from redis import Redis
 from rq.worker import Worker, WorkerStatus
+from sqlalchemy import update
 
-from core.db import get_engine
+from core.db import get_engine, session_scope
 from core.lifecycle import die_with_parent
 from core.settings import get_settings
+from core.tables import Job, JobStatus
 from worker.reconciler import reconcile
 
 log = logging.getLogger(__name__)
@@ -36,43 +44,84 @@ def dispose_inherited_engine() -> None:
     get_engine().dispose(close=False)
 
 
+class PeriodicTask:
+    """`action()` now and then every `interval` s, in a daemon thread, until `stop()`; a failing
+    call is logged and retried at the next tick."""
+
+    def __init__(self, name: str, interval: float, action: Callable[[], object]) -> None:
+        self.name, self.interval, self.action = name, max(0.05, float(interval)), action
+        self.runs = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> PeriodicTask:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                self.action()
+            except Exception:  # noqa: BLE001 - retried at the next tick
+                log.exception("%s failed", self.name)
+            self.runs += 1
+            if self._stop.wait(max(0.0, self.interval - (time.monotonic() - started))):
+                return
+
+
+def private_redis(connection: Redis) -> Redis:
+    """A client with its own connection pool to the server `connection` talks to."""
+    return Redis(**connection.connection_pool.connection_kwargs)
+
+
 class ServiceWorker(Worker):
-    """rq.Worker with periodic reconciliation, fork hygiene and a prompt shutdown."""
+    """rq.Worker with a reconciler on its own clock, fork hygiene and a prompt shutdown."""
 
     def __init__(self, *args: Any, reconcile_interval: float | None = None, **kwargs: Any) -> None:
         interval = float(reconcile_interval if reconcile_interval is not None
                          else get_settings().reconcile_interval_seconds)
-        self.reconcile_interval = max(1.0, interval)
-        # the blocking dequeue returns every worker_ttl - 15 s: wake up to reconcile on time
+        self.reconcile_interval = max(0.05, interval)
         kwargs.setdefault("worker_ttl", int(self.reconcile_interval) + 15)
         kwargs.setdefault("job_monitoring_interval", max(1, min(30, int(self.reconcile_interval))))
         super().__init__(*args, **kwargs)
-        self._last_reconcile: float | None = None
+        self._tasks: list[PeriodicTask] = []
+        self._maintenance_redis: Redis | None = None
 
-    # ---- reconciliation ----
-    def reconcile_now(self) -> None:
-        self._last_reconcile = time.monotonic()
-        try:
-            report = reconcile(self.connection)
-        except Exception:  # noqa: BLE001 - a failed pass is retried at the next interval
-            log.exception("reconciler pass failed")
+    # ---- maintenance on its own clock ----
+    def start_maintenance(self) -> None:
+        """Start the reconciler thread (idempotent)."""
+        if self._tasks:
             return
+        self._maintenance_redis = private_redis(self.connection)
+        self._tasks = [
+            PeriodicTask(f"reconciler-{self.name}", self.reconcile_interval, self.reconcile_now),
+        ]
+        for task in self._tasks:
+            task.start()
+
+    def stop_maintenance(self) -> None:
+        for task in self._tasks:
+            task.stop()
+
+    def reconcile_now(self) -> None:
+        report = reconcile(self._maintenance_redis or private_redis(self.connection))
         if report.requeued or report.failed or report.canceled:
             log.info("reconciler: requeued %s, failed %s, canceled %s",
                      report.requeued, report.failed, report.canceled)
 
-    def maybe_reconcile(self) -> None:
-        last = self._last_reconcile
-        if last is None or time.monotonic() - last >= self.reconcile_interval:
-            self.reconcile_now()
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)
+        self.start_maintenance()
 
-    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None):
-        self.maybe_reconcile()
-        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-
-    def maintain_heartbeats(self, job: Any, execution: Any) -> None:
-        super().maintain_heartbeats(job, execution)
-        self.maybe_reconcile()
+    def teardown(self) -> None:
+        self.stop_maintenance()
+        super().teardown()
 
     # ---- fork hygiene ----
     def main_work_horse(self, job: Any, queue: Any) -> None:
@@ -81,6 +130,17 @@ class ServiceWorker(Worker):
         super().main_work_horse(job, queue)
 
     # ---- shutdown ----
+    def release_jobs(self) -> None:
+        """Drop the lease of every job this worker ran (its horse is dead): the next reconciler
+        pass, of any worker, re-enqueues them without waiting for the lease to expire."""
+        try:
+            with session_scope() as session:
+                session.execute(update(Job).where(
+                    Job.worker_name == self.name, Job.status == JobStatus.running.value,
+                ).values(heartbeat_at=None))
+        except Exception:  # noqa: BLE001 - then the lease simply expires
+            log.exception("worker %s: could not release its jobs", self.name)
+
     def _install_signal_handlers(self) -> None:
         signal.signal(signal.SIGINT, self._cold_stop)
         signal.signal(signal.SIGTERM, self._cold_stop)
@@ -89,9 +149,11 @@ class ServiceWorker(Worker):
         log.warning("worker %s: signal %d, stopping now", self.name, signum)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self.stop_maintenance()
         if self.horse_pid:
             self.kill_horse()
             self.wait_for_horse()
+            self.release_jobs()
         if self.get_state() == WorkerStatus.BUSY:
             self.set_state(WorkerStatus.IDLE)
         raise SystemExit(0)

@@ -4,10 +4,12 @@ measurement.
 The training state is saved (for resuming after a crash, on any worker host) every
 TRAINING_STATE_INTERVAL_SECONDS of wall-clock time, every tenth of the epochs and at each
 milestone. At each milestone epoch the network is
-written as a checkpoint and measured, and a `JobMilestone` row links the two. At the end the final
-checkpoint and measurement become the job's `checkpoint_id` / `measurement_id` (reusing the last
-milestone's when it is the final epoch). Heavy work happens outside DB transactions so SQLite's
-single writer is never held for long.
+measured, and its checkpoint, measurement and the `JobMilestone` row that links them are written
+in one transaction fenced on the run's attempt (`worker.lease`): a run that dies or is taken over
+leaves either all three or none. At the end the final checkpoint and measurement become the job's
+`checkpoint_id` / `measurement_id` (reusing the last milestone's when it is the final epoch); they
+are written in the same transaction as the final status (`worker.jobs`). Heavy work happens
+outside DB transactions so SQLite's single writer is never held for long.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from torch import nn
 
 from core.contract import TrainJobSpec
@@ -42,7 +46,13 @@ from worker.context import JobContext
 from worker.convergence import ConvergenceTracker
 from worker.errors import JobCanceled
 from worker.inputs import check_fits, load_dataset
-from worker.measurements import MeasurementContext, measure, measurement_pool, store_measurement
+from worker.measurements import (
+    MeasurementContext,
+    MeasurementResult,
+    measure,
+    measurement_pool,
+    store_measurement,
+)
 from worker.progress import TRAINING_SHARE, TrainingClock
 from worker.resume import load_training_state, save_training_state
 
@@ -105,6 +115,7 @@ class TrainRun:
 
     def on_checkpoint(self, state: TrainingState) -> None:
         self.last_state_save = time.monotonic()
+        self.ctx.lease.write()  # a superseded run stops here instead of writing its state
         if save_training_state(self.ctx.job_id, state):
             self.states_saved += 1
             log.info("job %s: training state saved at epoch %s step %s", self.ctx.job_id,
@@ -122,8 +133,9 @@ class TrainRun:
     def on_milestone(self, epoch: int, network: nn.Module, state: TrainingState) -> None:
         if epoch in self.milestones:
             return  # recorded by an earlier run of this job (we resumed past it)
-        ckpt_id, meas_id = self.checkpoint_and_measure(network, epoch, phase="milestone")
-        with session_scope() as session:
+        store = self.checkpoint_and_measure(network, epoch, phase="milestone")
+        with self.ctx.lease.session() as session:
+            ckpt_id, meas_id = store(session)
             session.add(JobMilestone(job_id=self.ctx.job_id, epoch=epoch,
                                      measurement_id=meas_id, checkpoint_id=ckpt_id))
         self.milestones[epoch] = JobMilestone(epoch=epoch, measurement_id=meas_id,
@@ -131,12 +143,16 @@ class TrainRun:
 
     # ---- checkpoint + measurement ----
     def checkpoint_and_measure(self, network: nn.Module, epoch: int,
-                               phase: str) -> tuple[str, str]:
+                               phase: str) -> Callable[[Session], tuple[str, str]]:
+        """Measure `network` now; returns the function that stores its checkpoint and the
+        measurement in a session (the caller's fenced transaction) and returns their ids."""
         ctx, spec, data = self.ctx, self.spec, self.loaded.data
         ctx.check_canceled()
         ctx.reporter.report_phase("measuring" if phase == "final" else "milestone")
         model = EntropyMatchingModel(network, self.process, self.parametrization).eval()
-        result = measure(model, self.process, self.loaded, spec.measurement, ctx.device)
+        result: MeasurementResult = measure(model, self.process, self.loaded, spec.measurement,
+                                            ctx.device)
+        ctx.check_canceled()
         training = spec.training.model_dump()
         config = CheckpointConfig.from_dict({
             "network": spec.network, "process": self.process.spec(),
@@ -151,7 +167,8 @@ class TrainRun:
         context = MeasurementContext(split=spec.measurement.split, process=self.process.spec(),
                                      network=spec.network, training=training, device=ctx.device,
                                      parametrization=self.parametrization)
-        with session_scope() as session:
+
+        def store(session: Session) -> tuple[str, str]:
             ckpt = store_checkpoint(session, network, config, owner_id=ctx.owner_id,
                                     job_id=ctx.job_id, epoch=epoch)
             meas = store_measurement(session, result, owner_id=ctx.owner_id, job_id=ctx.job_id,
@@ -159,8 +176,12 @@ class TrainRun:
                                      context=context)
             return ckpt.id, meas.id
 
+        return store
+
     # ---- the run ----
-    def run(self) -> dict[str, Any]:
+    def run(self) -> Callable[[Session], dict[str, Any]]:
+        """Train (resuming when a state was saved) and measure; returns the commit that stores
+        the final checkpoint and measurement (`worker.jobs` runs it with the final status)."""
         resume = load_training_state(self.ctx.job_id) if self.ctx.attempt > 1 else None
         try:
             result = self._train(resume)
@@ -173,12 +194,16 @@ class TrainRun:
         final_epoch = result.state.epoch  # < epochs when it stopped once converged
         done = self.milestones.get(final_epoch)
         if done is not None and done.checkpoint_id and done.measurement_id:
-            ckpt_id, meas_id = done.checkpoint_id, done.measurement_id
-        else:
-            self.ctx.reporter.set_fraction(TRAINING_SHARE)
-            ckpt_id, meas_id = self.checkpoint_and_measure(result.eval_network, final_epoch,
-                                                           phase="final")
-        return {"checkpoint_id": ckpt_id, "measurement_id": meas_id}
+            ids = {"checkpoint_id": done.checkpoint_id, "measurement_id": done.measurement_id}
+            return lambda session: ids
+        self.ctx.reporter.set_fraction(TRAINING_SHARE)
+        store = self.checkpoint_and_measure(result.eval_network, final_epoch, phase="final")
+
+        def commit(session: Session) -> dict[str, Any]:
+            ckpt_id, meas_id = store(session)
+            return {"checkpoint_id": ckpt_id, "measurement_id": meas_id}
+
+        return commit
 
     def _train(self, resume: TrainingState | None) -> TrainingResult:
         if resume is not None:
@@ -193,7 +218,7 @@ class TrainRun:
         self.convergence = ConvergenceTracker(
             self.ctx.job_id, self.ctx.attempt, self.spec, self.process,
             measurement_pool(self.loaded, "test", self.spec.measurement.seed), self.ctx.device,
-            start)
+            start, lease=self.ctx.lease)
         try:
             return train(
                 network, self.process, self.loaded.train, self.config, device=self.ctx.device,
@@ -205,7 +230,7 @@ class TrainRun:
             raise JobCanceled() from None
 
 
-def run_train(ctx: JobContext) -> dict[str, Any]:
-    """Job body for `type == "train"`; returns the job columns to set on success."""
+def run_train(ctx: JobContext) -> Callable[[Session], dict[str, Any]]:
+    """Job body for `type == "train"`; returns the commit of its results (`worker.jobs`)."""
     assert isinstance(ctx.spec, TrainJobSpec)
     return TrainRun(ctx, ctx.spec).run()

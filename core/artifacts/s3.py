@@ -147,8 +147,8 @@ class S3ArtifactStore(ArtifactStore):
 
     def _put_file(self, sha: str, source: Path, size: int, media_type: str, *,
                   move: bool) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
         from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self._client().upload_file(

@@ -1,4 +1,5 @@
-"""The reconciler re-enqueues DB jobs that Redis lost, and leaves jobs on their way alone."""
+"""The reconciler re-enqueues DB jobs that Redis lost or whose run's lease expired, and leaves jobs
+on their way (and live runs, whatever Redis says) alone."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from datetime import timedelta
 
 from redis import Redis
 from rq import Queue
-from rq.worker import Worker
+from rq.job import Job as RQJob
 
 from core.db import session_scope
 from core.queue import enqueue_job, redis_connection
@@ -60,27 +61,46 @@ def test_young_queued_job_not_yet_enqueued_is_left_alone(service_env) -> None:
     assert _row(job_id).status == JobStatus.queued.value
 
 
-def test_running_job_of_dead_worker_is_requeued_under_a_fresh_rq_id(service_env) -> None:
+LEASE = 30.0  # Settings.lease_seconds default
+EXPIRED = timedelta(seconds=LEASE + 5)
+
+
+def test_running_job_whose_lease_expired_is_requeued_under_a_fresh_rq_id(service_env) -> None:
     job_id = _job(status=JobStatus.running.value, worker_name="host.123.dead", attempts=1,
-                  rq_job_id="x")
+                  rq_job_id="x", heartbeat_at=utcnow() - EXPIRED)
     conn = redis_connection()
-    report = reconcile(conn)
+    report = reconcile(conn, lease_seconds=LEASE)
     assert report.requeued == [job_id]
     row = _row(job_id)
     assert (row.status, row.worker_name, row.rq_job_id) == ("queued", None, f"{job_id}-r1")
     assert _queued_ids(conn) == [f"{job_id}-r1"]
 
 
-def test_running_job_of_live_worker_is_left_alone(service_env) -> None:
+def test_running_job_with_a_live_lease_is_left_alone_even_when_redis_lost_everything(
+        service_env) -> None:
+    """Redis flushed under a running job (no RQ job, no worker key): the run still renews its
+    lease in the database, so nobody takes the job over and it runs once."""
+    job_id = _job(status=JobStatus.running.value, worker_name="host.456.alive", attempts=1,
+                  rq_job_id="gone", heartbeat_at=utcnow() - timedelta(seconds=LEASE - 5))
     conn = redis_connection()
-    name = "host.456.alive"
-    conn.hset(Worker.redis_worker_namespace_prefix + name, "birth", "now")
-    job_id = _job(status=JobStatus.running.value, worker_name=name, attempts=1)
+    conn.flushall()
+    assert reconcile(conn, lease_seconds=LEASE).requeued == []
+    assert _row(job_id).status == JobStatus.running.value
+    assert _queued_ids(conn) == []
+
+
+def test_running_job_whose_rq_job_ended_is_requeued_at_once(service_env) -> None:
+    """The horse died under a live worker (RQ marked its job failed): no need to wait for the
+    lease."""
+    job_id = _job(status=JobStatus.running.value, worker_name="w", attempts=1,
+                  heartbeat_at=utcnow())
+    conn = redis_connection()
     rq_id = enqueue_job(job_id, "cpu", connection=conn)
     with session_scope() as session:
         session.get(Job, job_id).rq_job_id = rq_id
-    assert reconcile(conn).requeued == []
-    assert _row(job_id).status == JobStatus.running.value
+    rq_job = RQJob.fetch(rq_id, connection=conn)
+    rq_job.set_status("failed")
+    assert reconcile(conn, lease_seconds=LEASE).requeued == [job_id]
 
 
 def test_job_lost_too_often_is_failed_with_a_readable_error(service_env) -> None:
@@ -107,9 +127,8 @@ def test_two_reconcilers_requeue_a_lost_job_once(service_env) -> None:
     assert _queued_ids(conn) == [f"{job_id}-r1"]
 
 
-def test_running_job_of_a_worker_that_registered_its_death_is_requeued(service_env) -> None:
-    conn = redis_connection()
-    name = "host.789.stopped"
-    conn.hset(Worker.redis_worker_namespace_prefix + name, mapping={"birth": "x", "death": "y"})
-    job_id = _job(status=JobStatus.running.value, worker_name=name, attempts=1)
-    assert reconcile(conn).requeued == [job_id]
+def test_a_released_lease_is_taken_over_at_once(service_env) -> None:
+    """A worker stopped with SIGTERM kills its horse and drops the lease (heartbeat_at NULL)."""
+    job_id = _job(status=JobStatus.running.value, worker_name="host.789.stopped", attempts=1,
+                  heartbeat_at=None)
+    assert reconcile(redis_connection(), lease_seconds=3600).requeued == [job_id]
