@@ -43,6 +43,11 @@ def test_upload_is_stored_and_download_streams_it_back(
 
     got, labels = load_dataset_arrays(get_artifact_store(settings), doc["sha256"])
     assert labels is None and got.shape == x.shape
+    r = api.get(f"/v1/datasets/{doc['id']}/download")
+    assert r.status_code == 200 and r.headers["x-content-sha256"] == doc["sha256"]
+    assert hashlib.sha256(r.content).hexdigest() == doc["sha256"]
+    with np.load(io.BytesIO(r.content), allow_pickle=False) as npz:
+        np.testing.assert_allclose(npz["x"], got)
 
     before = state()
     r = api.post("/v1/datasets", files={"file": ("x.npy", b"not an array")})
