@@ -134,6 +134,11 @@ class ArtifactStore(ABC):
         """Remove the blob (no error when it is gone)."""
 
     @abstractmethod
+    def list_blobs(self) -> Iterator[tuple[str, int, float]]:
+        """(sha256, size in bytes, last-modified POSIX time) of every stored blob (for sweeping
+        orphans: compare with the `artifacts` rows and the references)."""
+
+    @abstractmethod
     def put_object(self, name: str, data: bytes) -> None:
         """Write (or replace, atomically) the named object `name`."""
 

@@ -89,6 +89,17 @@ class LocalArtifactStore(ArtifactStore):
     def _delete(self, sha: str) -> None:
         self.path(sha).unlink(missing_ok=True)
 
+    def list_blobs(self) -> Iterator[tuple[str, int, float]]:
+        if not self.root.is_dir():
+            return
+        for path in self.root.glob("??/*"):
+            if path.parent.name == path.name[:2] and len(path.name) == 64:
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                yield path.name, st.st_size, st.st_mtime
+
     # ---- named objects ----
     def put_object(self, name: str, data: bytes) -> None:
         target = self.object_path(name)

@@ -190,6 +190,21 @@ class S3ArtifactStore(ArtifactStore):
             if _code(exc) not in _MISSING:
                 raise self._fail(exc, f"DELETE {sha}") from None
 
+    def list_blobs(self) -> Iterator[tuple[str, int, float]]:
+        from botocore.exceptions import ClientError
+
+        pages = self._client().get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix)
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    rel = obj["Key"][len(self.prefix):]
+                    head, _, sha = rel.partition("/")
+                    if len(sha) == 64 and head == sha[:2]:
+                        yield sha, int(obj["Size"]), obj["LastModified"].timestamp()
+        except ClientError as exc:
+            raise self._fail(exc, "LIST") from None
+
     # ---- named objects ----
     def put_object(self, name: str, data: bytes) -> None:
         from botocore.exceptions import ClientError

@@ -132,6 +132,15 @@ def test_unreferenced_blob_goes_on_commit_only(store: ArtifactStore, session: Se
     assert not store.exists(sha) and session.get(Artifact, sha) is None
 
 
+def test_blobs_are_listed_without_named_objects(store: ArtifactStore, session: Session) -> None:
+    shas = sorted(store.put_bytes(session, bytes([i]) * 10, "x/y") for i in range(3))
+    session.commit()
+    store.put_object("training-state/j.state", b"state")
+    listed = sorted(store.list_blobs())
+    assert [sha for sha, _, _ in listed] == shas
+    assert all(size == 10 and mtime > 0 for _, size, mtime in listed)
+
+
 def test_named_objects_replace_and_delete(store: ArtifactStore) -> None:
     name = "training-state/job-1.state"
     assert store.get_object(name) is None
