@@ -28,7 +28,7 @@ from app.routes import (
 )
 from app.services.metrics import LatencyMiddleware, Metrics
 from core import queue as rq_client
-from core.artifacts import ArtifactStore
+from core.artifacts import store_for
 from core.db import engine_for
 from core.settings import Settings, code_version, get_settings
 
@@ -87,12 +87,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine = engine_for(settings.resolved_database_url)
     session_factory = sessionmaker(bind=engine, expire_on_commit=False)
-    store = ArtifactStore(settings.resolved_artifact_dir)
+    store = store_for(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store.root.mkdir(parents=True, exist_ok=True)
+        store.check()  # a missing S3 bucket stops the start-up with a clear error
         yield
 
     app = FastAPI(title="Neural entropy service", version=code_version(),

@@ -21,6 +21,18 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in DATA_DIR.")
     redis_url: str | None = Field(None, description="Redis URL; default the bundled server's socket.")
     artifact_dir: Path | None = Field(None, description="Content-addressed blobs; default DATA_DIR/artifacts.")
+    artifact_url: str | None = Field(
+        None, description="s3://bucket/prefix: blobs in S3 (the bucket must exist); unset: ARTIFACT_DIR.")
+    aws_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO, Ceph, R2); unset: AWS.")
+    aws_default_region: str | None = Field(None, description="S3 region (boto3's default when unset).")
+    artifact_presigned_downloads: bool = Field(
+        False, description="S3 only: downloads answer 307 to a presigned URL instead of streaming.")
+    artifact_presign_seconds: int = Field(300, ge=1, description="Lifetime of a presigned download URL.")
+    artifact_presign_endpoint_url: str | None = Field(
+        None, description="Endpoint clients reach S3 at, for presigned URLs (default AWS_ENDPOINT_URL).")
+    blob_cache_dir: Path | None = Field(None, description="Worker blob cache; default DATA_DIR/blob-cache.")
+    blob_cache_bytes: int = Field(8 * 1024 * MiB, ge=0,
+                                  description="Size cap of the worker blob cache (LRU eviction); 0: off.")
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -45,6 +57,8 @@ class Settings(BaseSettings):
         3600.0, description="Staging files and unreferenced blobs older than this are swept.")
     sweep_interval_seconds: float = Field(
         900.0, description="How often each worker sweeps orphans (also once at start-up).")
+    training_state_interval_seconds: float = Field(
+        300.0, gt=0, description="Wall-clock time between saved training states (resume points).")
     worker_device: str | None = Field(None, description="Force the worker's device (cpu, cuda, cuda:1).")
     worker_torch_threads: int = Field(0, ge=0, description="CPU threads of each job's torch ops "
                                       "(0: torch's default, one per core); set it when several "
@@ -64,7 +78,14 @@ class Settings(BaseSettings):
 
     @property
     def resolved_artifact_dir(self) -> Path:
+        url = (self.artifact_url or "").strip()
+        if url.startswith("file://"):
+            return Path(url[len("file://"):]).resolve()
         return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def resolved_blob_cache_dir(self) -> Path:
+        return (self.blob_cache_dir or self.data_dir / "blob-cache").resolve()
 
 
 @lru_cache(maxsize=1)

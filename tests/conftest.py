@@ -6,8 +6,9 @@
   schema; when it does not answer the tests are SKIPPED loudly, or FAIL when
   REQUIRE_EXTERNAL_SERVICES=1.
 - `settings` (function): Settings pointing at that database, the bundled Redis (flushed) and a
-  fresh artifact dir; also exported to the environment so `get_settings()` agrees. Every table is
-  emptied after the test.
+  fresh artifact dir — or, with TEST_ARTIFACT_BACKEND=s3, a fresh key prefix on the test S3
+  server (tests/s3_fixtures.py); also exported to the environment so `get_settings()` agrees.
+  Every table is emptied after the test.
 - `client` (no key), `api` (owner A's key), `other_headers` (owner B's key).
 """
 
@@ -30,7 +31,7 @@ from core.keys import create_api_key
 from core.settings import Settings, get_settings
 from core.tables import Base
 
-pytest_plugins = ["tests.redis_fixtures"]
+pytest_plugins = ["tests.redis_fixtures", "tests.s3_fixtures"]
 
 DEFAULT_TEST_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -103,11 +104,29 @@ def truncate_all(url: str) -> None:
 
 
 @pytest.fixture
+def artifact_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The artifact store variables of `settings`: {} (local, ARTIFACT_DIR) or an S3 prefix,
+    by the test's `artifact_backend` parameter when it has one, else TEST_ARTIFACT_BACKEND."""
+    from tests.s3_fixtures import new_prefix, s3_artifact_env, test_artifact_backend
+
+    backend = (request.getfixturevalue("artifact_backend")
+               if "artifact_backend" in request.fixturenames else test_artifact_backend())
+    if backend == "local":
+        return {}
+    endpoint = request.getfixturevalue("s3_server")
+    bucket = request.getfixturevalue("s3_bucket")
+    return s3_artifact_env(endpoint, bucket, new_prefix())
+
+
+@pytest.fixture
 def settings(database_url: str, bundled_redis: Any, bundled_redis_url: str, tmp_path: Path,
-             monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+             monkeypatch: pytest.MonkeyPatch, artifact_env: dict[str, str]) -> Iterator[Settings]:
     data_dir = tmp_path / "data"
     env = {"DATA_DIR": str(data_dir), "DATABASE_URL": database_url,
-           "REDIS_URL": bundled_redis_url, "ARTIFACT_DIR": str(data_dir / "artifacts")}
+           "REDIS_URL": bundled_redis_url, "ARTIFACT_DIR": str(data_dir / "artifacts"),
+           **artifact_env}
+    if not artifact_env:
+        monkeypatch.delenv("ARTIFACT_URL", raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
@@ -162,6 +181,23 @@ def api(client: TestClient, owner_key: tuple[str, str]) -> TestClient:
     return client
 
 
+def stored_blobs(settings: Settings) -> list[str]:
+    """Every blob and object in the settings' artifact store (local files or S3 keys), except
+    the local store's scratch directory."""
+    from tests.s3_fixtures import s3_keys
+
+    url = settings.artifact_url or ""
+    if url.startswith("s3://"):
+        from core.artifacts import parse_s3_url
+
+        bucket, prefix = parse_s3_url(url)
+        assert settings.aws_endpoint_url
+        return s3_keys(settings.aws_endpoint_url, bucket, prefix)
+    root = settings.resolved_artifact_dir
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and p.relative_to(root).parts[0] != "tmp") if root.exists() else []
+
+
 @pytest.fixture
 def state(settings: Settings) -> Callable[[], dict[str, Any]]:
     """A snapshot of row counts per table and of the blobs in the artifact store."""
@@ -171,10 +207,7 @@ def state(settings: Settings) -> Callable[[], dict[str, Any]]:
         with Session(engine_for(settings.resolved_database_url)) as s:
             for table in Base.metadata.sorted_tables:
                 counts[table.name] = s.scalar(select(func.count()).select_from(table))
-        root = settings.resolved_artifact_dir
-        counts["blobs"] = sorted(
-            str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
-        ) if root.exists() else []
+        counts["blobs"] = stored_blobs(settings)
         return counts
 
     return snapshot

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = {"postgres", "redis", "migrate", "api", "worker"}
+SERVICES = {"postgres", "redis", "minio", "minio-init", "migrate", "api", "worker"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_all_services_are_defined(compose: dict[str, Any]) -> None:
 
 
 def test_long_running_services_have_health_checks(compose: dict[str, Any]) -> None:
-    for name in ("postgres", "redis", "api", "worker"):
+    for name in ("postgres", "redis", "minio", "api", "worker"):
         check = compose["services"][name].get("healthcheck")
         assert check and check.get("test"), f"{name} has no health check"
 
@@ -49,16 +49,24 @@ def test_worker_reserves_an_nvidia_gpu(compose: dict[str, Any]) -> None:
                for d in devices)
 
 
-def test_api_and_worker_share_the_artifact_volume(compose: dict[str, Any]) -> None:
+def test_blobs_live_in_minio_and_workers_share_no_disk(compose: dict[str, Any]) -> None:
     api, worker = compose["services"]["api"], compose["services"]["worker"]
-    shared = set(_mounts(api)) & set(_mounts(worker))
-    assert shared, "api and worker share no named volume"
-    for name in shared:
-        assert name in compose["volumes"]
-        path = _mounts(api)[name]
-        assert _mounts(worker)[name] == path
-        for svc in (api, worker):
-            assert svc["environment"]["ARTIFACT_DIR"].startswith(path)
+    assert not set(_mounts(api)) & set(_mounts(worker)), "api and worker share a volume"
+    assert not _mounts(worker), "the worker needs no volume"
+    for svc in (api, worker):
+        env = svc["environment"]
+        assert env["ARTIFACT_URL"].startswith("s3://") and "ARTIFACT_DIR" not in env
+        assert "minio:9000" in env["AWS_ENDPOINT_URL"]
+        assert env["AWS_ACCESS_KEY_ID"] and env["AWS_SECRET_ACCESS_KEY"]
+        assert svc["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    assert "healthcheck" in compose["services"]["minio"]
+    init = compose["services"]["minio-init"]
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert "mc mb" in " ".join(init["command"]) and init["restart"] == "no"
+    # the bucket the init service makes is the one ARTIFACT_URL names
+    bucket = api["environment"]["ARTIFACT_URL"][len("s3://"):].split("/")[0]
+    assert bucket == "${ARTIFACT_BUCKET:-neural-entropy}"
+    assert init["environment"]["ARTIFACT_BUCKET"] == bucket
 
 
 def test_services_point_at_postgres_and_redis(compose: dict[str, Any]) -> None:

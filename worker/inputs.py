@@ -1,4 +1,5 @@
-"""Loading a job's inputs: dataset blobs (canonical .npz) and checkpoints from the artifact store.
+"""Loading a job's inputs: dataset blobs (canonical .npz) and checkpoints from the artifact store,
+through the worker's blob cache (`worker.blob_cache`).
 
 Blobs are read with `allow_pickle=False` and checkpoints through `models.checkpoints.io`
 (safetensors, never unpickled), so even a tampered artifact store cannot make the worker run code.
@@ -14,23 +15,29 @@ import numpy as np
 import torch
 from sqlalchemy.orm import Session
 
-from core.artifacts import ArtifactNotFound, get_artifact_store
+from core.artifacts import ArtifactCorrupt, ArtifactNotFound
 from core.contract import DatasetSplit
 from core.tables import Checkpoint, Dataset
 from models.checkpoints.config import CheckpointConfig
 from models.checkpoints.io import load_model, read_checkpoint
 from models.data import DataSet, GaussianMixture
 from models.parametrization import EntropyMatchingModel
+from worker.blob_cache import worker_blob_cache
 from worker.errors import JobInputError
 
 
 def read_artifact(sha256: str, what: str) -> bytes:
-    """The blob's bytes, or JobInputError naming what was missing."""
+    """The blob's bytes (sha256 checked; through the worker's blob cache when the store is
+    remote), or JobInputError naming what was missing or corrupt."""
     try:
-        return get_artifact_store().read_bytes(sha256)
+        return worker_blob_cache().read_bytes(sha256)
     except ArtifactNotFound:
         raise JobInputError(
             f"the {what} file ({sha256[:12]}...) is missing from the artifact store"
+        ) from None
+    except ArtifactCorrupt:
+        raise JobInputError(
+            f"the {what} file ({sha256[:12]}...) in the artifact store is corrupt"
         ) from None
 
 

@@ -1,7 +1,9 @@
 """The train job: entropy-matching training with milestones, then the final checkpoint and
 measurement.
 
-At each milestone epoch: the training state is saved (for resuming after a crash), the network is
+The training state is saved (for resuming after a crash, on any worker host) every
+TRAINING_STATE_INTERVAL_SECONDS of wall-clock time, every tenth of the epochs and at each
+milestone. At each milestone epoch the network is
 measured, and its checkpoint, measurement and the `JobMilestone` row that links them are written
 in one transaction fenced on the run's attempt (`worker.lease`): a run that dies or is taken over
 leaves either all three or none. At the end the final checkpoint and measurement become the job's
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +26,7 @@ from torch import nn
 
 from core.contract import TrainJobSpec
 from core.db import session_scope
-from core.settings import code_version
+from core.settings import code_version, get_settings
 from core.tables import JobMilestone
 from models.checkpoints.config import CheckpointConfig
 from models.networks import build_network, network_config_from_dict
@@ -88,6 +91,9 @@ class TrainRun:
         self.config = TrainingConfig.from_dict(spec.training.training_config_fields())
         self.parametrization: Parametrization = spec.training.parametrization
         self.checkpoint_every: int | None = max(1, math.ceil(self.config.epochs / STATE_SAVES_PER_RUN))
+        self.state_interval = get_settings().training_state_interval_seconds
+        self.last_state_save = time.monotonic()
+        self.states_saved = 0
         self.milestones = _existing_milestones(ctx.job_id)
         self.clock: TrainingClock | None = None
         self.start_epoch = 0  # completed epochs when this run started (resumed runs: > 0)
@@ -108,8 +114,16 @@ class TrainRun:
         return self.ctx.reporter.cancel_requested()
 
     def on_checkpoint(self, state: TrainingState) -> None:
+        self.last_state_save = time.monotonic()
         self.ctx.lease.write()  # a superseded run stops here instead of writing its state
-        save_training_state(self.ctx.job_id, state)
+        if save_training_state(self.ctx.job_id, state):
+            self.states_saved += 1
+            log.info("job %s: training state saved at epoch %s step %s", self.ctx.job_id,
+                     state.epoch, state.step)
+
+    def state_due(self) -> bool:
+        """True once TRAINING_STATE_INTERVAL_SECONDS have passed since the last saved state."""
+        return time.monotonic() - self.last_state_save >= self.state_interval
 
     def on_epoch_end(self, epoch: int, network: nn.Module) -> bool:
         assert self.convergence is not None
@@ -193,8 +207,8 @@ class TrainRun:
 
     def _train(self, resume: TrainingState | None) -> TrainingResult:
         if resume is not None:
-            log.info("job %s: resuming from its state after epoch %s", self.ctx.job_id,
-                     resume.epoch)
+            log.info("job %s: resuming from its state after epoch %s, step %s", self.ctx.job_id,
+                     resume.epoch, resume.step)
         network = build_network(self.net_config)
         epochs = self.config.epochs
         start = self.start_epoch = resume.epoch if resume is not None else 0

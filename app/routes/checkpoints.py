@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 
 from app.deps import ArtifactStoreDep, CurrentOwner, SessionDep, SettingsDep
 from app.errors import ProblemError, problem_responses
@@ -18,6 +18,7 @@ from app.schemas.checkpoints import (
 )
 from app.schemas.common import Limit, Offset, Page, page_of
 from app.services import checkpoints as service
+from app.services.blobs import blob_response
 from app.services.uploads import receive_multipart
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
@@ -86,16 +87,17 @@ def get_checkpoint(checkpoint_id: str, session: SessionDep,
 
 
 @router.get(
-    "/{checkpoint_id}/download", response_class=FileResponse,
+    "/{checkpoint_id}/download", response_class=StreamingResponse,
     summary="Download the .safetensors file (config in its `neural_entropy` metadata)",
-    responses={200: {"content": {CHECKPOINT_MEDIA_TYPE: {}}}, **problem_responses(401, 404)},
+    responses={200: {"content": {CHECKPOINT_MEDIA_TYPE: {}}},
+               307: {"description": "Redirect to a presigned S3 URL (ARTIFACT_PRESIGNED_DOWNLOADS)."},
+               **problem_responses(401, 404)},
 )
 def download_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentOwner,
-                        store: ArtifactStoreDep) -> FileResponse:
+                        store: ArtifactStoreDep) -> Response:
     row = service.get_owned(session, owner, checkpoint_id)
-    return FileResponse(service.download_path(store, row), media_type=CHECKPOINT_MEDIA_TYPE,
-                        filename=f"{row.id}.safetensors",
-                        headers={"X-Content-SHA256": row.sha256})
+    return blob_response(session, store, row.sha256, media_type=CHECKPOINT_MEDIA_TYPE,
+                         filename=f"{row.id}.safetensors", what=f"file of checkpoint {row.id}")
 
 
 @router.delete("/{checkpoint_id}", status_code=204, response_class=Response,

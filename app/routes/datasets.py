@@ -1,4 +1,4 @@
-"""/v1/datasets: upload (multipart) or describe (JSON) a data set; list, get, delete."""
+"""/v1/datasets: upload (multipart) or describe (JSON) a data set; list, get, download, delete."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 
 from app.deps import ArtifactStoreDep, CurrentOwner, SessionDep, SettingsDep
@@ -20,6 +21,7 @@ from app.schemas.datasets import (
     UploadForm,
 )
 from app.services import datasets as service
+from app.services.blobs import blob_response
 from app.services.uploads import check_content_length, receive_multipart, too_large
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -123,3 +125,17 @@ def delete_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner,
                    store: ArtifactStoreDep) -> Response:
     service.delete_owned(session, store, owner, dataset_id)
     return Response(status_code=204)
+
+
+@router.get(
+    "/{dataset_id}/download", response_class=StreamingResponse,
+    summary="Download the stored canonical .npz (x float32, scaled; optional int64 labels)",
+    responses={200: {"content": {service.NPZ_MEDIA_TYPE: {}}},
+               307: {"description": "Redirect to a presigned S3 URL (ARTIFACT_PRESIGNED_DOWNLOADS)."},
+               **problem_responses(401, 404)},
+)
+def download_dataset(dataset_id: str, session: SessionDep, owner: CurrentOwner,
+                     store: ArtifactStoreDep) -> Response:
+    row = service.get_owned(session, owner, dataset_id)
+    return blob_response(session, store, row.sha256, media_type=service.NPZ_MEDIA_TYPE,
+                         filename=f"{row.id}.npz", what=f"file of dataset {row.id}")

@@ -1,4 +1,4 @@
-"""/healthz (process up), /readyz (database and Redis reachable), /metrics (Prometheus). No key."""
+"""/healthz (process up), /readyz (database, Redis and artifact store reachable), /metrics (Prometheus). No key."""
 
 from __future__ import annotations
 
@@ -37,16 +37,26 @@ def _check_redis(request: Request) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
-@router.get("/readyz", summary="Database and Redis are reachable (200), else 503",
+def _check_artifacts(request: Request) -> str | None:
+    try:
+        request.app.state.artifacts.check()
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}"
+
+
+@router.get("/readyz", summary="Database, Redis and the artifact store are reachable (200), else 503",
             responses={503: {"description": "A dependency is not reachable."}})
 async def readyz(request: Request) -> JSONResponse:
     db_error = await run_in_threadpool(_check_database, request)
     redis_error = await run_in_threadpool(_check_redis, request)
+    store_error = await run_in_threadpool(_check_artifacts, request)
     checks: dict[str, Any] = {
         "database": "ok" if db_error is None else f"error: {db_error}",
         "redis": "ok" if redis_error is None else f"error: {redis_error}",
+        "artifacts": "ok" if store_error is None else f"error: {store_error}",
     }
-    ready = db_error is None and redis_error is None
+    ready = db_error is None and redis_error is None and store_error is None
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
                         status_code=200 if ready else 503)
 

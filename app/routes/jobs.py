@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 from redis import Redis
 
 from app.deps import ArtifactStoreDep, CurrentOwner, SessionDep, SettingsDep
@@ -15,6 +15,7 @@ from app.plots import convergence_plot_png
 from app.schemas.common import Limit, Offset, Page, page_of
 from app.schemas.jobs import JobCreate, JobPublic
 from app.services import jobs as service
+from app.services.blobs import blob_response
 from core import queue as rq_client
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -86,15 +87,15 @@ def cancel_job(job_id: str, request: Request, session: SessionDep,
     return service.job_public(session, service.cancel(session, owner, job_id, connection))
 
 
-@router.get("/{job_id}/samples.npy", response_class=FileResponse,
+@router.get("/{job_id}/samples.npy", response_class=StreamingResponse,
             summary="Samples of a succeeded sample job as .npy (n, ...)",
             responses={200: {"content": {"application/octet-stream": {}}},
                        **problem_responses(401, 404, 409)})
 def samples_npy(job_id: str, session: SessionDep, owner: CurrentOwner,
-                store: ArtifactStoreDep) -> FileResponse:
+                store: ArtifactStoreDep) -> Response:
     sha = service.samples_artifact(session, owner, job_id, "npy")
-    return FileResponse(store.path(sha), media_type="application/octet-stream",
-                        filename=f"{job_id}-samples.npy")
+    return blob_response(session, store, sha, media_type="application/octet-stream",
+                         filename=f"{job_id}-samples.npy", what="samples file")
 
 
 @router.get("/{job_id}/convergence.png", response_class=Response,
@@ -106,10 +107,10 @@ async def convergence_png(job_id: str, session: SessionDep, owner: CurrentOwner)
     return Response(png, media_type="image/png")
 
 
-@router.get("/{job_id}/samples.png", response_class=FileResponse,
+@router.get("/{job_id}/samples.png", response_class=StreamingResponse,
             summary="Image samples of a succeeded sample job as a PNG grid",
             responses={200: {"content": {"image/png": {}}}, **problem_responses(401, 404, 409)})
 def samples_png(job_id: str, session: SessionDep, owner: CurrentOwner,
-                store: ArtifactStoreDep) -> FileResponse:
+                store: ArtifactStoreDep) -> Response:
     sha = service.samples_artifact(session, owner, job_id, "png")
-    return FileResponse(store.path(sha), media_type="image/png")
+    return blob_response(session, store, sha, media_type="image/png", what="samples image")

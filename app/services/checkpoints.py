@@ -148,11 +148,3 @@ def delete_owned(session: Session, store: ArtifactStore, owner: Owner, checkpoin
     session.flush()
     store.delete_if_unreferenced(session, sha)
 
-
-def download_path(store: ArtifactStore, row: Checkpoint) -> Path:
-    """Where the stored .safetensors file is; 404 problem if the blob has gone missing."""
-    path = store.path(row.sha256)
-    if not path.is_file():
-        raise ProblemError(404, "Not Found", f"the file of checkpoint {row.id} is missing from "
-                           "the artifact store")
-    return path

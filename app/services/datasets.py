@@ -53,7 +53,7 @@ def canonical_npz(x: np.ndarray, labels: np.ndarray | None) -> bytes:
 
 def load_dataset_arrays(store: ArtifactStore, sha: str) -> tuple[np.ndarray, np.ndarray | None]:
     """(x, labels) of a stored canonical blob."""
-    with np.load(store.path(sha), allow_pickle=False) as npz:
+    with np.load(io.BytesIO(store.read_bytes(sha)), allow_pickle=False) as npz:
         return npz["x"], (npz["labels"] if "labels" in npz.files else None)
 
 

@@ -87,6 +87,11 @@ class NoHooks:
     def on_checkpoint(self, state: TrainingState) -> None:
         return None
 
+    def state_due(self) -> bool:
+        """Optional (the loop looks it up): asked after every step inside an epoch; True makes
+        the loop call on_checkpoint with the mid-epoch state (e.g. every few minutes)."""
+        return False
+
     def should_stop(self) -> bool:
         return False
 

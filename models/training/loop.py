@@ -333,7 +333,9 @@ def train(
     steps (None: about once a second) and at the end of each epoch; on_milestone(epoch, network,
     state) runs after each epoch in config.milestones with the EMA network when kept (eval mode;
     do not modify it); on_checkpoint(state) runs after milestones and every
-    `hooks.checkpoint_every` epochs. should_stop() is asked before every step; when it says True,
+    `hooks.checkpoint_every` epochs, and after any step inside an epoch at which the optional
+    hooks.state_due() says True (e.g. a wall-clock interval; the state then resumes mid-epoch).
+    should_stop() is asked before every step; when it says True,
     TrainingCanceled(state) is raised. `extra` is stored in every state (e.g. network config and
     process spec).
     """
@@ -344,6 +346,7 @@ def train(
     tr = _Trainer(network, process, data, config, parametrization, device)
     if resume is not None:
         tr.restore(resume)
+    state_due: Callable[[], bool] | None = getattr(hooks, "state_due", None)
     start = time.perf_counter()
     last_report, report_time, report_loss, report_count = tr.global_step, start, 0.0, 0
     while tr.epoch < config.epochs:
@@ -358,6 +361,8 @@ def train(
             tr.train_step(throws, tr.step)
             if hooks is None:
                 continue
+            if state_due is not None and tr.step < tr.steps_per_epoch and state_due():
+                hooks.on_checkpoint(tr.state(extra))
             now = time.perf_counter()
             every = hooks.progress_every
             due = (tr.global_step - last_report >= every) if every else now - report_time >= 1.0

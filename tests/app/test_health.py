@@ -21,7 +21,7 @@ def test_healthz(client: TestClient) -> None:
 def test_readyz_checks_database_and_redis(client: TestClient) -> None:
     r = client.get("/readyz")
     assert r.status_code == 200
-    assert r.json()["checks"] == {"database": "ok", "redis": "ok"}
+    assert r.json()["checks"] == {"database": "ok", "redis": "ok", "artifacts": "ok"}
 
 
 def test_readyz_is_503_when_redis_is_unreachable(settings: Settings, tmp_path) -> None:

@@ -102,7 +102,7 @@ def test_a_grid_point_that_fails_is_reported_and_the_rest_is_fitted(api: TestCli
     doc, dataset = run_sweep(api, {"n_train": [64, 128, 256, 300]}, run=3)
     assert doc["status"] == "running" and doc["counts"]["queued"] == 1
     # the last job's input is gone from the artifact store when the worker gets to it
-    get_artifact_store().path(dataset["sha256"]).unlink()
+    get_artifact_store().remove_blob(dataset["sha256"])
     last = doc["jobs"][-1]["id"]
     assert run_job(last) == "failed"
     doc = api.get(f"/v1/sweeps/{doc['id']}").json()

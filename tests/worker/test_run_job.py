@@ -165,7 +165,7 @@ def test_cancel_during_training_stops_between_steps(service_env) -> None:
 
 def test_failure_is_recorded_with_a_readable_error(service_env) -> None:
     job_id = _submit(lambda ds: train_request(ds, epochs=1))
-    get_artifact_store().path(_job(job_id).request["data_sha256"]).unlink()
+    get_artifact_store().remove_blob(_job(job_id).request["data_sha256"])
     assert run_job(job_id) == "failed"
     job = _job(job_id)
     assert job.status == "failed" and job.finished_at is not None
