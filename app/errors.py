@@ -20,7 +20,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +160,53 @@ async def _validation_handler(_request: Request, exc: Exception) -> JSONResponse
     return validation_problem(exc.errors())
 
 
-async def _http_handler(_request: Request, exc: Exception) -> JSONResponse:
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on this path (for `Allow` on a 405)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "__none__"})
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else None
-    return problem_response(exc.status_code, None, detail, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request)) or headers.get("Allow", "")
+    return problem_response(exc.status_code, None, detail, headers=headers)
+
+
+DB_RETRY_AFTER_SECONDS = 5
+
+
+async def _database_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Database errors are never a 500: a pool that stays full (`TimeoutError`) or a database
+    that cannot be reached (`OperationalError`, `InterfaceError`) is 503 + Retry-After; a value
+    the database refuses (`DataError`: out of range, NUL in text) is 422. No driver text leaks."""
+    if isinstance(exc, sa_exc.DataError):
+        log.info("database refused a value on %s %s: %s", request.method, request.url.path,
+                 str(exc).splitlines()[0][:200])
+        return problem_response(422, "Unprocessable Content",
+                                "a value is out of the range the database can store")
+    if isinstance(exc, sa_exc.TimeoutError):
+        log.warning("database pool exhausted on %s %s", request.method, request.url.path)
+        detail = "the database is busy (no free connection); retry after the Retry-After delay"
+    else:
+        log.error("database unreachable on %s %s: %s", request.method, request.url.path,
+                  type(exc).__name__)
+        detail = "the database is not reachable; retry after the Retry-After delay"
+    return problem_response(503, "Service Unavailable", detail,
+                            headers={"Retry-After": str(DB_RETRY_AFTER_SECONDS)})
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, (sa_exc.TimeoutError, sa_exc.OperationalError,
+                            sa_exc.InterfaceError, sa_exc.DisconnectionError))
 
 
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -175,6 +220,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _problem_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
+    for db_error in (sa_exc.TimeoutError, sa_exc.OperationalError, sa_exc.InterfaceError,
+                     sa_exc.DisconnectionError, sa_exc.DataError):
+        app.add_exception_handler(db_error, _database_handler)
     app.add_exception_handler(Exception, _unhandled_handler)
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import sessionmaker
 
 from app.errors import install_error_handlers
+from app.middleware import LoadShedder, RequestGuard
 from app.routes import checkpoints, compare, datasets, health, jobs, measurements, sweeps
 from app.services.metrics import LatencyMiddleware, Metrics
 from core import queue as rq_client
@@ -96,6 +97,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lambda: session_factory,
         lambda: rq_client.redis_connection(settings.resolved_redis_url))
     app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestGuard, max_json_bytes=settings.max_json_body_bytes)
+    app.add_middleware(LoadShedder, limit=settings.max_in_flight_requests,
+                       retry_after=settings.retry_after_seconds)
     install_error_handlers(app)
     for router in (health.router, datasets.router, jobs.router, sweeps.router,
                    measurements.router, compare.router, checkpoints.router):

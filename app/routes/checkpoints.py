@@ -18,6 +18,7 @@ from app.schemas.checkpoints import (
 )
 from app.schemas.common import Limit, Offset, Page, page_of
 from app.services import checkpoints as service
+from app.services.http_cache import NOT_MODIFIED_DOC, cache_headers, etag_for, not_modified
 from app.services.uploads import receive_multipart
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
@@ -88,14 +89,18 @@ def get_checkpoint(checkpoint_id: str, session: SessionDep,
 @router.get(
     "/{checkpoint_id}/download", response_class=FileResponse,
     summary="Download the .safetensors file (config in its `neural_entropy` metadata)",
-    responses={200: {"content": {CHECKPOINT_MEDIA_TYPE: {}}}, **problem_responses(401, 404)},
+    responses={200: {"content": {CHECKPOINT_MEDIA_TYPE: {}}}, **NOT_MODIFIED_DOC,
+               **problem_responses(401, 404)},
 )
-def download_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentOwner,
-                        store: ArtifactStoreDep) -> FileResponse:
+def download_checkpoint(checkpoint_id: str, request: Request, session: SessionDep,
+                        owner: CurrentOwner, store: ArtifactStoreDep) -> Response:
+    """Immutable: `ETag` is the file's sha256; `If-None-Match` gets a 304."""
     row = service.get_owned(session, owner, checkpoint_id)
-    return FileResponse(service.download_path(store, row), media_type=CHECKPOINT_MEDIA_TYPE,
-                        filename=f"{row.id}.safetensors",
-                        headers={"X-Content-SHA256": row.sha256})
+    etag = etag_for(row.sha256)
+    return not_modified(request, etag) or FileResponse(
+        service.download_path(store, row), media_type=CHECKPOINT_MEDIA_TYPE,
+        filename=f"{row.id}.safetensors",
+        headers={"X-Content-SHA256": row.sha256, **cache_headers(etag)})
 
 
 @router.delete("/{checkpoint_id}", status_code=204, response_class=Response,

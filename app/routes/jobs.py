@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from redis import Redis
 
@@ -15,6 +14,7 @@ from app.plots import convergence_plot_png
 from app.schemas.common import Limit, Offset, Page, page_of
 from app.schemas.jobs import JobCreate, JobPublic
 from app.services import jobs as service
+from app.services.http_cache import NOT_MODIFIED_DOC, cache_headers, etag_for, not_modified
 from core import queue as rq_client
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -88,28 +88,34 @@ def cancel_job(job_id: str, request: Request, session: SessionDep,
 
 @router.get("/{job_id}/samples.npy", response_class=FileResponse,
             summary="Samples of a succeeded sample job as .npy (n, ...)",
-            responses={200: {"content": {"application/octet-stream": {}}},
+            responses={200: {"content": {"application/octet-stream": {}}}, **NOT_MODIFIED_DOC,
                        **problem_responses(401, 404, 409)})
-def samples_npy(job_id: str, session: SessionDep, owner: CurrentOwner,
-                store: ArtifactStoreDep) -> FileResponse:
+def samples_npy(job_id: str, request: Request, session: SessionDep, owner: CurrentOwner,
+                store: ArtifactStoreDep) -> Response:
     sha = service.samples_artifact(session, owner, job_id, "npy")
-    return FileResponse(store.path(sha), media_type="application/octet-stream",
-                        filename=f"{job_id}-samples.npy")
+    etag = etag_for(sha)
+    return not_modified(request, etag) or FileResponse(
+        store.path(sha), media_type="application/octet-stream",
+        filename=f"{job_id}-samples.npy", headers=cache_headers(etag))
 
 
 @router.get("/{job_id}/convergence.png", response_class=Response,
             summary="A train job's S_NN over the epochs, its trend and verdict, as a PNG",
             responses={200: {"content": {"image/png": {}}}, **problem_responses(401, 404, 409)})
-async def convergence_png(job_id: str, session: SessionDep, owner: CurrentOwner) -> Response:
+def convergence_png(job_id: str, session: SessionDep, owner: CurrentOwner) -> Response:
+    """A sync route: the database read and the drawing run on a worker thread."""
     convergence = service.convergence_of(session, owner, job_id)
-    png = await run_in_threadpool(convergence_plot_png, convergence, job_id)
-    return Response(png, media_type="image/png")
+    session.commit()  # no connection held while drawing
+    return Response(convergence_plot_png(convergence, job_id), media_type="image/png")
 
 
 @router.get("/{job_id}/samples.png", response_class=FileResponse,
             summary="Image samples of a succeeded sample job as a PNG grid",
-            responses={200: {"content": {"image/png": {}}}, **problem_responses(401, 404, 409)})
-def samples_png(job_id: str, session: SessionDep, owner: CurrentOwner,
-                store: ArtifactStoreDep) -> FileResponse:
+            responses={200: {"content": {"image/png": {}}}, **NOT_MODIFIED_DOC,
+                       **problem_responses(401, 404, 409)})
+def samples_png(job_id: str, request: Request, session: SessionDep, owner: CurrentOwner,
+                store: ArtifactStoreDep) -> Response:
     sha = service.samples_artifact(session, owner, job_id, "png")
-    return FileResponse(store.path(sha), media_type="image/png")
+    etag = etag_for(sha)
+    return not_modified(request, etag) or FileResponse(
+        store.path(sha), media_type="image/png", headers=cache_headers(etag))
