@@ -15,6 +15,7 @@ from app.schemas.common import Limit, Offset, Page, page_of
 from app.schemas.jobs import JobCreate, JobPublic
 from app.services import jobs as service
 from app.services.http_cache import NOT_MODIFIED_DOC, cache_headers, etag_for, not_modified
+from app.services.idempotency import REPLAY_HEADER, IdempotencyKeyHeader, check_key
 from core import queue as rq_client
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -45,15 +46,21 @@ def _redis(request: Request) -> Redis:
         "works: the paper's MLP for vectors or a small U-Net for images, VP(0.1, 16, 1), the "
         "training and measurement defaults below. The fully resolved request is stored and "
         "returned as `request`. Inconsistent settings get 422 naming the field; values over a "
-        "configured cap get 422 naming the cap."),
-    responses=problem_responses(401, 404, 422, 503),
+        "configured cap get 422 naming the cap. Send `Idempotency-Key` to make a retry safe: "
+        "it returns the first job (202, same id) and creates nothing. More than "
+        "MAX_QUEUED_JOBS_PER_OWNER queued submissions: 429 + Retry-After."),
+    responses=problem_responses(401, 404, 422, 429, 503),
 )
 def submit_job(request: Request, response: Response, session: SessionDep, owner: CurrentOwner,
                settings: SettingsDep,
-               body: Annotated[JobCreate, Body(openapi_examples=_EXAMPLES)]) -> JobPublic:
-    job = service.submit(session, owner, body, settings, _redis(request))
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return service.job_public(session, job)
+               body: Annotated[JobCreate, Body(openapi_examples=_EXAMPLES)],
+               idempotency_key: IdempotencyKeyHeader = None) -> JobPublic:
+    doc, replayed = service.submit(session, owner, body, settings, _redis(request),
+                                   check_key(idempotency_key))
+    response.headers["Location"] = f"/v1/jobs/{doc.id}"
+    if replayed:
+        response.headers[REPLAY_HEADER] = "true"
+    return doc
 
 
 @router.get("", response_model=Page[JobPublic], summary="List your jobs (newest first)",
