@@ -138,8 +138,10 @@ def _replay(session: Session, owner: Owner, dataset_id: str, response: Response)
             responses=problem_responses(401))
 def list_datasets(session: SessionDep, owner: CurrentOwner, limit: Limit = 50,
                   offset: Offset = 0) -> Page[DatasetPublic]:
+    """Entries carry `mixture` without its weights, means and stds (see the data set itself)."""
     rows, total = service.list_owned(session, owner, limit, offset)
-    return page_of([service.public(session, r) for r in rows], total, limit, offset)
+    sizes = service.sizes_of(session, rows)
+    return page_of([service.list_item(session, r, sizes) for r in rows], total, limit, offset)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, summary="Get a data set",
