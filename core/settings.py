@@ -44,7 +44,6 @@ class Settings(BaseSettings):
     max_queued_jobs_per_owner: int = Field(
         100, description="Most queued submissions per owner (429 + Retry-After above); "
         "a sweep counts as one.")
-    max_list_offset: int = Field(1_000_000_000, description="Largest `offset` of a list.")
 
     # ---- load ----
     max_in_flight_requests: int = Field(
