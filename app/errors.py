@@ -12,6 +12,7 @@ one. Request-validation errors become 422 problem documents with `field` (the fi
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
@@ -229,23 +230,65 @@ def install_error_handlers(app: FastAPI) -> None:
 # OpenAPI: documented problem responses for route decorators
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
+    "description": "RFC 9457 problem document; more members may follow (e.g. `limit`).",
     "properties": {
         "type": {"type": "string"},
         "title": {"type": "string"},
         "status": {"type": "integer"},
         "detail": {"type": "string"},
         "field": {"type": "string", "description": "Dotted name of the offending field."},
+        "errors": {"type": "array", "items": {"type": "object"},
+                   "description": "Every validation error: [{field, message, type}]."},
+        "limit": {"type": "integer", "description": "The cap that was exceeded."},
+        "limit_setting": {"type": "string", "description": "The setting that holds the cap."},
     },
     "required": ["type", "title", "status", "detail"],
 }
+RETRY_AFTER_HEADER = {"Retry-After": {"description": "Seconds to wait before retrying.",
+                                      "schema": {"type": "integer"}}}
+
+
+def _problem_entry(status: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {"description": status_title(status),
+                             "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_SCHEMA}}}
+    if status in (429, 503):
+        entry["headers"] = RETRY_AFTER_HEADER
+    if status == 401:
+        entry["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    return entry
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` entries documenting problem+json errors for the given statuses."""
-    return {
-        s: {
-            "description": status_title(s),
-            "content": {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_SCHEMA}},
-        }
-        for s in statuses
-    }
+    return {s: _problem_entry(s) for s in statuses}
+
+
+def document_problems(schema: dict[str, Any]) -> None:
+    """Make /openapi.json list every error status the app can answer, as problem+json:
+    400 (NUL in path or query) and 503 (load shedding, database down) everywhere; 401 under /v1;
+    413 and 422 where a body is taken; 422 where parameters are; and FastAPI's own 422 entries
+    rewritten to the problem document the API really sends."""
+    for path, item in schema.get("paths", {}).items():
+        for method, op in item.items():
+            if method not in ("get", "post", "put", "patch", "delete"):
+                continue
+            responses = op.setdefault("responses", {})
+            wanted = {400, 503}
+            if path.startswith("/v1/"):
+                wanted.add(401)
+            if "requestBody" in op:
+                wanted.update({413, 422})
+            if op.get("parameters"):
+                wanted.add(422)
+            for status in sorted(wanted):
+                responses.setdefault(str(status), _problem_entry(status))
+            if "422" in responses:
+                responses["422"] = _problem_entry(422)
+    schemas = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if not _referenced(schema, unused):
+            schemas.pop(unused, None)
+
+
+def _referenced(schema: dict[str, Any], name: str) -> bool:
+    return f'"#/components/schemas/{name}"' in json.dumps(schema.get("paths", {}))

@@ -15,7 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from sqlalchemy.orm import sessionmaker
 
-from app.errors import install_error_handlers
+from app.errors import document_problems, install_error_handlers
 from app.middleware import LoadShedder, RequestGuard
 from app.routes import checkpoints, compare, datasets, health, jobs, measurements, sweeps
 from app.services.metrics import LatencyMiddleware, Metrics
@@ -68,6 +68,7 @@ def _install_openapi(app: FastAPI) -> None:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for name, extra in _extra_schemas().items():
                 components.setdefault(name, extra)
+            document_problems(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -138,11 +138,12 @@ def _read_member_unchecked(zf: zipfile.ZipFile, info: zipfile.ZipInfo, kinds: st
                            max_elements: int, max_bytes: int | None = None) -> np.ndarray:
     name = info.filename
     cap = max_elements * 8 + MAX_HEADER_BYTES  # the largest file an allowed array could need
-    if max_bytes is not None:
-        cap = min(cap, max_bytes + MAX_HEADER_BYTES)
+    source = f"MAX_ARRAY_ELEMENTS = {max_elements}"
+    if max_bytes is not None and max_bytes + MAX_HEADER_BYTES < cap:
+        cap, source = max_bytes + MAX_HEADER_BYTES, f"MAX_UPLOAD_BYTES = {max_bytes}"
     if info.file_size > cap:
         raise UploadError(f"npz member {name} declares {info.file_size} uncompressed bytes; the "
-                          f"limit is {cap} (from MAX_ARRAY_ELEMENTS = {max_elements})")
+                          f"limit is {cap} (from {source})")
     with zf.open(info) as fh:
         header = read_npy_header(fh, name)  # decompresses only the first few bytes
         _check_dtype(header, name, kinds)
