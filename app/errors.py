@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
@@ -23,7 +24,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 log = logging.getLogger(__name__)
 
@@ -162,15 +162,28 @@ async def _validation_handler(_request: Request, exc: Exception) -> JSONResponse
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route of the app answers on this path (for `Allow` on a 405)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "__none__"})
-        if match != Match.NONE:
-            methods.update(getattr(route, "methods", None) or ())
-    if "GET" in methods:
-        methods.add("HEAD")
-    return sorted(methods)
+    """Every method the app documents for this path (for `Allow` on a 405), read from its
+    OpenAPI paths (routers are nested, so a route-by-route match would see only one)."""
+    patterns: list[tuple[re.Pattern[str], set[str]]] | None = getattr(
+        request.app.state, "allow_patterns", None)
+    if patterns is None:
+        patterns = []
+        for template, item in request.app.openapi().get("paths", {}).items():
+            regex = "^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)) + "$"
+            methods = {m.upper() for m in item if m in _HTTP_METHODS}
+            if "GET" in methods:
+                methods.add("HEAD")
+            patterns.append((re.compile(regex), methods))
+        request.app.state.allow_patterns = patterns
+    path = request.url.path
+    allowed: set[str] = set()
+    for pattern, methods in patterns:
+        if pattern.match(path):
+            allowed |= methods
+    return sorted(allowed)
+
+
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options"})
 
 
 async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
