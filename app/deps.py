@@ -5,6 +5,11 @@ The database session of a request commits after the route function returns and b
 response is sent (so a client that reads right after a 201/202 sees the row), and rolls back if
 the route raises. A missing, malformed, unknown or revoked API key gets 401 with
 `WWW-Authenticate: Bearer`.
+
+No request holds a database connection while it waits: the key lookup ends its transaction
+(`session.commit()` hands the connection back to the pool) before the route is scheduled on a
+worker thread, and the route takes a connection again only when it first queries. Under load a
+request therefore waits for a thread *or* a connection, never for one while holding the other.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ def get_current_owner(
     if credentials.scheme.lower() != "bearer":
         raise _unauthorized("the Authorization scheme must be Bearer")
     owner = owner_for_key(session, credentials.credentials.strip())
+    session.commit()  # give the connection back before the route waits for a thread
     if owner is None:
         raise _unauthorized("invalid or revoked API key")
     return owner

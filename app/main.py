@@ -15,7 +15,8 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from sqlalchemy.orm import sessionmaker
 
-from app.errors import install_error_handlers
+from app.errors import document_problems, install_error_handlers
+from app.middleware import LoadShedder, RequestGuard
 from app.routes import (
     checkpoints,
     compare,
@@ -76,6 +77,7 @@ def _install_openapi(app: FastAPI) -> None:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for name, extra in _extra_schemas().items():
                 components.setdefault(name, extra)
+            document_problems(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -105,6 +107,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lambda: session_factory,
         lambda: rq_client.redis_connection(settings.resolved_redis_url))
     app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestGuard, max_json_bytes=settings.max_json_body_bytes)
+    app.add_middleware(LoadShedder, limit=settings.max_in_flight_requests,
+                       retry_after=settings.retry_after_seconds)
     install_error_handlers(app)
     for router in (health.router, datasets.router, jobs.router, sweeps.router,
                    measurements.router, compare.router, checkpoints.router, workers.router):

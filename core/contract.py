@@ -53,8 +53,18 @@ TRAINING_RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+MAX_SEED = 2**32 - 1  # seeds are 32-bit unsigned (numpy's and torch's common range)
+MAX_LABEL = 2**31 - 2  # class labels: num_classes = label + 1 fits a 32-bit INTEGER column
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Label = Annotated[int, Field(ge=0, le=MAX_LABEL)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Request and contract sections: unknown fields refused; numbers strict (no strings or
+    booleans for numbers, no floats for integers); floats finite (no Infinity or NaN)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 # ---- forward processes (docs/math.md §1; the paper's defaults) ----
@@ -100,7 +110,7 @@ class NetworkSpec(BaseModel):
     (`models.networks.default_network_config`). Any other key overrides a field of that config
     (e.g. `{"arch": "mlp", "width": 256}`); the resolved config is stored on the job."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     arch: Literal["mlp", "unet"] | None = Field(None, description="Default: by the data's shape.")
 
@@ -123,7 +133,7 @@ class TrainingSpec(_Strict):
         None, ge=1, le=1000,
         description=f"(s, z) throws per data point per step; default {NUM_STEPS_VECTORS} for "
         f"vectors, {NUM_STEPS_IMAGES} for images.")
-    seed: int = Field(0, ge=0, description="Seed of initialisation and training noise.")
+    seed: Seed = Field(0, description="Seed of initialisation and training noise.")
     milestones: list[int] = Field(
         default_factory=list,
         description="Epochs (1..epochs) after which a checkpoint and a measurement are made.")
@@ -166,7 +176,7 @@ class MeasurementSpec(_Strict):
         None, ge=1,
         description="Network evaluations for the whole curve, over all times; default: the "
         "estimator's own (65536) (cap MAX_N_SAMPLES).")
-    seed: int = Field(0, ge=0, description="Seed of the measurement's draws.")
+    seed: Seed = Field(0, description="Seed of the measurement's draws.")
     split: Split = Field(
         "test", description="Data to measure on: held-out (default; fresh draws for a mixture), "
         "the training split, or both (neural_entropy stays the held-out figure; the training "
@@ -181,10 +191,10 @@ class SampleOptions(_Strict):
     """How to draw samples from a checkpoint by the probability-flow ODE."""
 
     n: int = Field(64, ge=1, description="Number of samples (cap MAX_SAMPLE_COUNT).")
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     solver: Solver = "heun"
     steps: int = Field(100, ge=1, le=10_000, description="Steps of the fixed-step solvers.")
-    labels: list[int] | None = Field(None, description="Class labels (class-conditional models).")
+    labels: list[Label] | None = Field(None, description="Class labels (class-conditional models).")
 
 
 # ---- resolved specs: what the API stores in Job.request and the worker runs ----

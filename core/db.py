@@ -24,15 +24,30 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
+
+
 def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL mode, a busy timeout and enforced foreign keys."""
+    """An engine for `url`; SQLite gets WAL mode, a busy timeout and enforced foreign keys.
+
+    The pool is sized on purpose (DB_POOL_SIZE + DB_MAX_OVERFLOW connections per process) and a
+    request waits at most DB_POOL_TIMEOUT_SECONDS for one (then `sqlalchemy.exc.TimeoutError`,
+    which the API answers with 503 + Retry-After). The API's in-flight cap
+    (MAX_IN_FLIGHT_REQUESTS) keeps the wait short: requests never hold a connection while they
+    wait for a thread (`app.deps`).
+    """
+    settings = get_settings()
+    pool = {"pool_size": settings.db_pool_size, "max_overflow": settings.db_max_overflow,
+            "pool_timeout": settings.db_pool_timeout_seconds}
     if url.startswith("sqlite"):
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+            url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            **pool,
         )
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(url, pool_pre_ping=True,
+                         connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}, **pool)
 
 
 @lru_cache(maxsize=8)

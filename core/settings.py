@@ -44,6 +44,28 @@ class Settings(BaseSettings):
     max_curve_points: int = Field(4096, description="Largest number of curve points n_times.")
     max_sample_count: int = Field(10_000, description="Largest number of generated samples per job.")
     max_sweep_jobs: int = Field(256, description="Largest number of grid points (train jobs) of a sweep.")
+    max_network_parameters: int = Field(
+        50_000_000, description="Largest network, in trainable parameters (counted before enqueue).")
+    max_network_layers: int = Field(
+        64, description="Deepest network: MLP hidden layers, or U-Net levels x blocks per level.")
+    max_mixture_size: int = Field(
+        100_000, description="Largest Gaussian mixture, n_components x dim.")
+    max_checkpoint_tensors: int = Field(
+        4096, description="Most tensors in an uploaded checkpoint (read from its header).")
+    max_json_body_bytes: int = Field(4 * MiB, description="Largest JSON request body (413 above).")
+    max_queued_jobs_per_owner: int = Field(
+        100, description="Most queued submissions per owner (429 + Retry-After above); "
+        "a sweep counts as one.")
+
+    # ---- load ----
+    max_in_flight_requests: int = Field(
+        64, description="Requests served at once; more get an immediate 503 + Retry-After "
+        "(/healthz is exempt).")
+    db_pool_size: int = Field(20, description="Database connections kept per process.")
+    db_max_overflow: int = Field(20, description="Extra connections opened under load.")
+    db_pool_timeout_seconds: float = Field(
+        5.0, description="Wait for a free connection, then 503 + Retry-After.")
+    retry_after_seconds: int = Field(2, description="Retry-After of load-shedding 503s.")
 
     # ---- jobs ----
     job_timeout_seconds: int = Field(7 * 24 * 3600, description="RQ job timeout (RQ's 180 s default kills training).")

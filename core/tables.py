@@ -81,6 +81,8 @@ class Base(DeclarativeBase):
 
 
 class Owner(Base):
+    """An owner of data, checkpoints and jobs; `name` is unique (`python -m app.cli create-key`)."""
+
     __tablename__ = "owners"
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("own"))
     name: Mapped[str] = mapped_column(String(200))
@@ -97,6 +99,22 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class IdempotencyKey(Base):
+    """The first answer to a POST sent with `Idempotency-Key`: a retry with the same key by the
+    same owner gets the same resource and status code. Stored in the same transaction as the
+    resource it created, so it exists exactly when that resource does."""
+
+    __tablename__ = "idempotency_keys"
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(100))  # "POST /v1/jobs"
+    fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)  # sha256 of body
+    resource_id: Mapped[str] = mapped_column(String(40))
+    status_code: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Artifact(Base):
@@ -263,3 +281,4 @@ class WorkerRow(Base):
 
 
 Index("ix_jobs_owner_status", Job.owner_id, Job.status)
+Index("ix_owners_name", Owner.name, unique=True)

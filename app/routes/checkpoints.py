@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from app.deps import ArtifactStoreDep, CurrentOwner, SessionDep, SettingsDep
 from app.errors import ProblemError, problem_responses
@@ -18,8 +19,12 @@ from app.schemas.checkpoints import (
 )
 from app.schemas.common import Limit, Offset, Page, page_of
 from app.services import checkpoints as service
+from app.services import idempotency
 from app.services.blobs import blob_response
+from app.services.http_cache import NOT_MODIFIED_DOC, cache_headers, etag_for, not_modified
+from app.services.idempotency import REPLAY_HEADER, IdempotencyKeyHeader, check_key
 from app.services.uploads import receive_multipart
+from core.tables import Owner
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
 
@@ -52,7 +57,15 @@ CREATE_OPENAPI: dict[str, Any] = {
 )
 async def create_checkpoint(request: Request, response: Response, session: SessionDep,
                             owner: CurrentOwner, settings: SettingsDep,
-                            store: ArtifactStoreDep) -> CheckpointPublic:
+                            store: ArtifactStoreDep,
+                            idempotency_key: IdempotencyKeyHeader = None) -> CheckpointPublic:
+    """`Idempotency-Key`: a retry returns the first checkpoint (201, same id), matched on the
+    key alone; the file is not read again."""
+    key = check_key(idempotency_key)
+    if key is not None:
+        prior = await run_in_threadpool(idempotency.find, session, owner, key, ENDPOINT, None)
+        if prior is not None:
+            return await run_in_threadpool(_replay, session, owner, prior.resource_id, response)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
         raise ProblemError(415, "Unsupported Media Type",
@@ -62,7 +75,22 @@ async def create_checkpoint(request: Request, response: Response, session: Sessi
         upload = await receive_multipart(request, settings.max_upload_bytes, staging)
         row = await run_in_threadpool(service.create_from_upload, session, store, settings,
                                       owner, upload)
+    checkpoint_id, replayed = await run_in_threadpool(
+        idempotency.commit_or_replay, session, owner, key, ENDPOINT, None, row.id, 201)
+    if replayed:
+        return await run_in_threadpool(_replay, session, owner, checkpoint_id, response)
     response.headers["Location"] = f"/v1/checkpoints/{row.id}"
+    return service.checkpoint_public(row)
+
+
+ENDPOINT = "POST /v1/checkpoints"
+
+
+def _replay(session: Session, owner: Owner, checkpoint_id: str,
+            response: Response) -> CheckpointPublic:
+    row = service.get_owned(session, owner, checkpoint_id)
+    response.headers["Location"] = f"/v1/checkpoints/{row.id}"
+    response.headers[REPLAY_HEADER] = "true"
     return service.checkpoint_public(row)
 
 
@@ -89,15 +117,19 @@ def get_checkpoint(checkpoint_id: str, session: SessionDep,
 @router.get(
     "/{checkpoint_id}/download", response_class=StreamingResponse,
     summary="Download the .safetensors file (config in its `neural_entropy` metadata)",
-    responses={200: {"content": {CHECKPOINT_MEDIA_TYPE: {}}},
+    responses={200: {"content": {CHECKPOINT_MEDIA_TYPE: {}}}, **NOT_MODIFIED_DOC,
                307: {"description": "Redirect to a presigned S3 URL (ARTIFACT_PRESIGNED_DOWNLOADS)."},
                **problem_responses(401, 404)},
 )
-def download_checkpoint(checkpoint_id: str, session: SessionDep, owner: CurrentOwner,
-                        store: ArtifactStoreDep) -> Response:
+def download_checkpoint(checkpoint_id: str, request: Request, session: SessionDep,
+                        owner: CurrentOwner, store: ArtifactStoreDep) -> Response:
+    """Immutable: `ETag` is the file's sha256; `If-None-Match` gets a 304."""
     row = service.get_owned(session, owner, checkpoint_id)
-    return blob_response(session, store, row.sha256, media_type=CHECKPOINT_MEDIA_TYPE,
-                         filename=f"{row.id}.safetensors", what=f"file of checkpoint {row.id}")
+    etag = etag_for(row.sha256)
+    return not_modified(request, etag) or blob_response(
+        session, store, row.sha256, media_type=CHECKPOINT_MEDIA_TYPE,
+        filename=f"{row.id}.safetensors", what=f"file of checkpoint {row.id}",
+        headers=cache_headers(etag))
 
 
 @router.delete("/{checkpoint_id}", status_code=204, response_class=Response,

@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.orm import Session
 
 from app.deps import ArtifactStoreDep, CurrentOwner, SessionDep, SettingsDep
 from app.errors import ProblemError, problem_responses
@@ -21,8 +22,11 @@ from app.schemas.datasets import (
     UploadForm,
 )
 from app.services import datasets as service
+from app.services import idempotency
 from app.services.blobs import blob_response
+from app.services.idempotency import REPLAY_HEADER, IdempotencyKeyHeader, check_key
 from app.services.uploads import check_content_length, receive_multipart, too_large
+from core.tables import Owner
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -77,8 +81,17 @@ async def _read_json(request: Request, limit: int) -> bytes:
 )
 async def create_dataset(request: Request, response: Response, session: SessionDep,
                          owner: CurrentOwner, settings: SettingsDep,
-                         store: ArtifactStoreDep) -> DatasetPublic:
+                         store: ArtifactStoreDep,
+                         idempotency_key: IdempotencyKeyHeader = None) -> DatasetPublic:
+    """`Idempotency-Key`: a retry returns the first data set (201, same id); a multipart retry
+    is matched on the key alone and its file is not read again."""
+    key = check_key(idempotency_key)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    fp: str | None = None
+    if content_type == "multipart/form-data" and key is not None:
+        prior = await run_in_threadpool(idempotency.find, session, owner, key, ENDPOINT, None)
+        if prior is not None:
+            return await run_in_threadpool(_replay, session, owner, prior.resource_id, response)
     if content_type == "multipart/form-data":
         with store.staging_file(".upload") as staging:
             upload = await receive_multipart(request, settings.max_upload_bytes, staging)
@@ -90,6 +103,10 @@ async def create_dataset(request: Request, response: Response, session: SessionD
             spec = _CREATE_ADAPTER.validate_json(raw)
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False)) from None
+        fp = idempotency.fingerprint(spec)
+        prior = await run_in_threadpool(idempotency.find, session, owner, key, ENDPOINT, fp)
+        if prior is not None:
+            return await run_in_threadpool(_replay, session, owner, prior.resource_id, response)
         if isinstance(spec, GaussianMixtureCreate):
             row = await run_in_threadpool(service.create_mixture, session, store, settings, owner,
                                           spec)
@@ -100,7 +117,22 @@ async def create_dataset(request: Request, response: Response, session: SessionD
         raise ProblemError(415, "Unsupported Media Type",
                            "send multipart/form-data (field 'file') or application/json",
                            "content-type")
+    doc = await run_in_threadpool(service.public, session, row)  # before the commit
+    dataset_id, replayed = await run_in_threadpool(
+        idempotency.commit_or_replay, session, owner, key, ENDPOINT, fp, row.id, 201)
+    if replayed:
+        return await run_in_threadpool(_replay, session, owner, dataset_id, response)
     response.headers["Location"] = f"/v1/datasets/{row.id}"
+    return doc
+
+
+ENDPOINT = "POST /v1/datasets"
+
+
+def _replay(session: Session, owner: Owner, dataset_id: str, response: Response) -> DatasetPublic:
+    row = service.get_owned(session, owner, dataset_id)
+    response.headers["Location"] = f"/v1/datasets/{row.id}"
+    response.headers[REPLAY_HEADER] = "true"
     return service.public(session, row)
 
 
@@ -108,8 +140,10 @@ async def create_dataset(request: Request, response: Response, session: SessionD
             responses=problem_responses(401))
 def list_datasets(session: SessionDep, owner: CurrentOwner, limit: Limit = 50,
                   offset: Offset = 0) -> Page[DatasetPublic]:
+    """Entries carry `mixture` without its weights, means and stds (see the data set itself)."""
     rows, total = service.list_owned(session, owner, limit, offset)
-    return page_of([service.public(session, r) for r in rows], total, limit, offset)
+    sizes = service.sizes_of(session, rows)
+    return page_of([service.list_item(session, r, sizes) for r in rows], total, limit, offset)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, summary="Get a data set",

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from redis import Redis
 
@@ -16,6 +15,8 @@ from app.schemas.common import Limit, Offset, Page, page_of
 from app.schemas.jobs import JobCreate, JobPublic
 from app.services import jobs as service
 from app.services.blobs import blob_response
+from app.services.http_cache import NOT_MODIFIED_DOC, cache_headers, etag_for, not_modified
+from app.services.idempotency import REPLAY_HEADER, IdempotencyKeyHeader, check_key
 from core import queue as rq_client
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -46,15 +47,21 @@ def _redis(request: Request) -> Redis:
         "works: the paper's MLP for vectors or a small U-Net for images, VP(0.1, 16, 1), the "
         "training and measurement defaults below. The fully resolved request is stored and "
         "returned as `request`. Inconsistent settings get 422 naming the field; values over a "
-        "configured cap get 422 naming the cap."),
-    responses=problem_responses(401, 404, 422, 503),
+        "configured cap get 422 naming the cap. Send `Idempotency-Key` to make a retry safe: "
+        "it returns the first job (202, same id) and creates nothing. More than "
+        "MAX_QUEUED_JOBS_PER_OWNER queued submissions: 429 + Retry-After."),
+    responses=problem_responses(401, 404, 422, 429, 503),
 )
 def submit_job(request: Request, response: Response, session: SessionDep, owner: CurrentOwner,
                settings: SettingsDep,
-               body: Annotated[JobCreate, Body(openapi_examples=_EXAMPLES)]) -> JobPublic:
-    job = service.submit(session, owner, body, settings, _redis(request))
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return service.job_public(session, job)
+               body: Annotated[JobCreate, Body(openapi_examples=_EXAMPLES)],
+               idempotency_key: IdempotencyKeyHeader = None) -> JobPublic:
+    doc, replayed = service.submit(session, owner, body, settings, _redis(request),
+                                   check_key(idempotency_key))
+    response.headers["Location"] = f"/v1/jobs/{doc.id}"
+    if replayed:
+        response.headers[REPLAY_HEADER] = "true"
+    return doc
 
 
 @router.get("", response_model=Page[JobPublic], summary="List your jobs (newest first)",
@@ -89,28 +96,35 @@ def cancel_job(job_id: str, request: Request, session: SessionDep,
 
 @router.get("/{job_id}/samples.npy", response_class=StreamingResponse,
             summary="Samples of a succeeded sample job as .npy (n, ...)",
-            responses={200: {"content": {"application/octet-stream": {}}},
+            responses={200: {"content": {"application/octet-stream": {}}}, **NOT_MODIFIED_DOC,
                        **problem_responses(401, 404, 409)})
-def samples_npy(job_id: str, session: SessionDep, owner: CurrentOwner,
+def samples_npy(job_id: str, request: Request, session: SessionDep, owner: CurrentOwner,
                 store: ArtifactStoreDep) -> Response:
     sha = service.samples_artifact(session, owner, job_id, "npy")
-    return blob_response(session, store, sha, media_type="application/octet-stream",
-                         filename=f"{job_id}-samples.npy", what="samples file")
+    etag = etag_for(sha)
+    return not_modified(request, etag) or blob_response(
+        session, store, sha, media_type="application/octet-stream",
+        filename=f"{job_id}-samples.npy", what="samples file", headers=cache_headers(etag))
 
 
 @router.get("/{job_id}/convergence.png", response_class=Response,
             summary="A train job's S_NN over the epochs, its trend and verdict, as a PNG",
             responses={200: {"content": {"image/png": {}}}, **problem_responses(401, 404, 409)})
-async def convergence_png(job_id: str, session: SessionDep, owner: CurrentOwner) -> Response:
+def convergence_png(job_id: str, session: SessionDep, owner: CurrentOwner) -> Response:
+    """A sync route: the database read and the drawing run on a worker thread."""
     convergence = service.convergence_of(session, owner, job_id)
-    png = await run_in_threadpool(convergence_plot_png, convergence, job_id)
-    return Response(png, media_type="image/png")
+    session.commit()  # no connection held while drawing
+    return Response(convergence_plot_png(convergence, job_id), media_type="image/png")
 
 
 @router.get("/{job_id}/samples.png", response_class=StreamingResponse,
             summary="Image samples of a succeeded sample job as a PNG grid",
-            responses={200: {"content": {"image/png": {}}}, **problem_responses(401, 404, 409)})
-def samples_png(job_id: str, session: SessionDep, owner: CurrentOwner,
+            responses={200: {"content": {"image/png": {}}}, **NOT_MODIFIED_DOC,
+                       **problem_responses(401, 404, 409)})
+def samples_png(job_id: str, request: Request, session: SessionDep, owner: CurrentOwner,
                 store: ArtifactStoreDep) -> Response:
     sha = service.samples_artifact(session, owner, job_id, "png")
-    return blob_response(session, store, sha, media_type="image/png", what="samples image")
+    etag = etag_for(sha)
+    return not_modified(request, etag) or blob_response(
+        session, store, sha, media_type="image/png", what="samples image",
+        headers=cache_headers(etag))

@@ -13,6 +13,7 @@ from app.plots import sweep_png
 from app.schemas.common import Limit, Offset, Page, page_of
 from app.schemas.sweeps import SweepCreate, SweepPublic, SweepSummary, SweepTable
 from app.services import sweeps as service
+from app.services.idempotency import REPLAY_HEADER, IdempotencyKeyHeader, check_key
 from app.services.sweep_tables import table_csv
 from core import queue as rq_client
 
@@ -42,15 +43,21 @@ def _redis(request: Request) -> Redis:
         "of the training split, class-balanced with labels), `seed` (training.seed), `process` "
         "and `network` (keys overriding base.network). The grid size is capped by "
         "MAX_SWEEP_JOBS (422 naming the cap); an invalid grid point rejects the whole sweep "
-        "with 422 naming the axis (`grid.n_train`, ...) or base field (`base.training.epochs`)."),
-    responses=problem_responses(401, 404, 422, 503),
+        "with 422 naming the axis (`grid.n_train`, ...) or base field (`base.training.epochs`). "
+        "`Idempotency-Key` makes a retry safe (the first sweep again, 202). The sweep counts as "
+        "one submission against MAX_QUEUED_JOBS_PER_OWNER (429 + Retry-After)."),
+    responses=problem_responses(401, 404, 422, 429, 503),
 )
 def submit_sweep(request: Request, response: Response, session: SessionDep, owner: CurrentOwner,
                  settings: SettingsDep,
-                 body: Annotated[SweepCreate, Body(openapi_examples=_EXAMPLES)]) -> SweepPublic:
-    sweep = service.submit(session, owner, body, settings, _redis(request))
-    response.headers["Location"] = f"/v1/sweeps/{sweep.id}"
-    return service.sweep_public(session, sweep)
+                 body: Annotated[SweepCreate, Body(openapi_examples=_EXAMPLES)],
+                 idempotency_key: IdempotencyKeyHeader = None) -> SweepPublic:
+    doc, replayed = service.submit(session, owner, body, settings, _redis(request),
+                                   check_key(idempotency_key))
+    response.headers["Location"] = f"/v1/sweeps/{doc.id}"
+    if replayed:
+        response.headers[REPLAY_HEADER] = "true"
+    return doc
 
 
 @router.get("", response_model=Page[SweepSummary], summary="List your sweeps (newest first)",

@@ -17,7 +17,10 @@ Limit = Annotated[
     Query(ge=1, le=MAX_PAGE_LIMIT,
           description=f"Page size (1..{MAX_PAGE_LIMIT}, default {DEFAULT_PAGE_LIMIT})."),
 ]
-Offset = Annotated[int, Query(ge=0, description="Items to skip (newest first). Default 0.")]
+MAX_OFFSET = 10**9
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET,
+                              description=f"Items to skip (newest first), 0..{MAX_OFFSET}. "
+                              "Default 0.")]
 
 
 class Page(BaseModel, Generic[T]):

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.contract import DEFAULT_SPLIT_SEED, DEFAULT_TEST_FRACTION, DatasetSplit
+from core.contract import DEFAULT_SPLIT_SEED, DEFAULT_TEST_FRACTION, DatasetSplit, Seed
 
 DEFAULT_MIXTURE_SAMPLES = 4096
 
@@ -16,14 +16,14 @@ Scale = Literal["auto", "none", "symmetric", "unit", "standardize"]
 
 
 class _Create(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     name: str | None = Field(None, max_length=200, description="Free-form label.")
     test_fraction: float = Field(
         DEFAULT_TEST_FRACTION, ge=0.0, lt=1.0,
         description="Share of the points held out for measurement (deterministic by split_seed).",
     )
-    split_seed: int = Field(DEFAULT_SPLIT_SEED, ge=0, description="Seed of the train/test split.")
+    split_seed: Seed = Field(DEFAULT_SPLIT_SEED, description="Seed of the train/test split.")
 
 
 class GaussianMixtureCreate(_Create):
@@ -44,10 +44,10 @@ class GaussianMixtureCreate(_Create):
     dim: int | None = Field(None, ge=1, le=10_000, description="Paper-style: D.")
     box: float = Field(4.0, gt=0, description="Paper-style: side of the box holding the means.")
     scale: float = Field(1.0, gt=0, description="Paper-style: stds are drawn in [0.5, 1] x scale.")
-    mixture_seed: int = Field(0, ge=0, description="Paper-style: seed of the parameter draw.")
+    mixture_seed: Seed = Field(0, description="Paper-style: seed of the parameter draw.")
     n_samples: int = Field(DEFAULT_MIXTURE_SAMPLES, ge=1,
                            description="Points drawn (cap MAX_N_SAMPLES).")
-    seed: int = Field(0, ge=0, description="Seed of the sample draw.")
+    seed: Seed = Field(0, description="Seed of the sample draw.")
     test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Held-out share (default 0: "
                                  "held-out data are fresh mixture draws).")
 
@@ -87,9 +87,10 @@ class DatasetPublic(BaseModel):
 
 
 class UploadForm(BaseModel):
-    """Form fields that may accompany the multipart `file` (all optional)."""
+    """Form fields that may accompany the multipart `file` (all optional). Form fields are text,
+    so numbers are parsed from strings here, but must be finite."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str | None = Field(None, max_length=200)
     layout: Layout = Field(
@@ -104,4 +105,4 @@ class UploadForm(BaseModel):
         "value range to [-1, 1], unit to [0, 1]; standardize (vectors) to zero mean, unit std per "
         "coordinate; none keeps the numbers.")
     test_fraction: float = Field(DEFAULT_TEST_FRACTION, ge=0.0, lt=1.0)
-    split_seed: int = Field(DEFAULT_SPLIT_SEED, ge=0)
+    split_seed: Seed = DEFAULT_SPLIT_SEED

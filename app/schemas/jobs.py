@@ -23,12 +23,13 @@ from core.contract import (
     ProcessSpec,
     QueueChoice,
     SampleOptions,
+    Seed,
     TrainingSpec,
 )
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 _QUEUE_DOC = "RQ queue: auto = gpu when a GPU worker listens, else cpu."
@@ -49,7 +50,7 @@ class TrainFields(_Strict):
         "(the first n of one ordering drawn with subset_seed, so smaller sets lie inside larger "
         "ones; class-balanced when the data have labels). The held-out data stay the data set's "
         "own. Default: all training points.")
-    subset_seed: int = Field(DEFAULT_SUBSET_SEED, ge=0,
+    subset_seed: Seed = Field(DEFAULT_SUBSET_SEED,
                              description="Seed of the nested subsets' ordering.")
 
 

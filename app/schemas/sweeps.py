@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.jobs import TrainFields
-from core.contract import DEFAULT_SUBSET_SEED, NetworkSpec, ProcessSpec
+from core.contract import DEFAULT_SUBSET_SEED, NetworkSpec, ProcessSpec, Seed
 
 SweepStatus = Literal["queued", "running", "succeeded", "partial", "failed", "canceled"]
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "canceled"]
@@ -16,7 +16,7 @@ TrainingBudget = Literal["epochs", "steps"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class SweepGrid(_Strict):
@@ -27,7 +27,7 @@ class SweepGrid(_Strict):
         description="Training-set sizes: nested subsets of the data set's training split, drawn "
         "with the sweep's subset_seed (class-balanced when the data have labels). The held-out "
         "data are the same for every size.")
-    seed: list[Annotated[int, Field(ge=0)]] | None = Field(
+    seed: list[Seed] | None = Field(
         None, min_length=1, description="Values of training.seed.")
     process: list[ProcessSpec] | None = Field(
         None, min_length=1, description="Forward processes, e.g. [{\"kind\": \"vp\"}, "
@@ -42,8 +42,8 @@ class SweepCreate(_Strict):
 
     base: TrainFields
     grid: SweepGrid = SweepGrid()
-    subset_seed: int = Field(DEFAULT_SUBSET_SEED, ge=0,
-                             description="Seed of the nested n_train subsets (every job's).")
+    subset_seed: Seed = Field(DEFAULT_SUBSET_SEED,
+                              description="Seed of the nested n_train subsets (every job's).")
     training_budget: TrainingBudget = Field(
         "epochs",
         description="epochs: every job trains base.training.epochs epochs. steps: every job takes "

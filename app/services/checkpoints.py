@@ -16,17 +16,21 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.errors import ProblemError, conflict, not_found, unprocessable
+from app.errors import ProblemError, conflict, not_found, over_limit, unprocessable
 from app.schemas.checkpoints import CHECKPOINT_MEDIA_TYPE, CheckpointPublic
+from app.services.network_limits import check_network_size
 from app.services.pages import newest_first_page
 from app.services.uploads import ReceivedUpload, too_large
 from core.artifacts import ArtifactStore
 from core.settings import Settings
 from core.tables import Checkpoint, Job, JobStatus, Owner
+from models.checkpoints.config import CheckpointConfig, merge_config
+from models.checkpoints.format import parse_header
 from models.checkpoints.io import (
     CheckpointError,
     CheckpointTooLarge,
     NotSafetensors,
+    metadata_config,
     read_checkpoint,
     write_checkpoint,
 )
@@ -87,12 +91,29 @@ def create_from_upload(session: Session, store: ArtifactStore, settings: Setting
     limit = settings.max_upload_bytes
     data = Path(upload.file_path).read_bytes()
     try:
+        check_before_building(data, limit, overrides, settings)
         config, tensors = read_checkpoint(data, limit, overrides=overrides)
         canonical = write_checkpoint(tensors, config, check=False)
     except CheckpointError as exc:
         raise problem_from(exc, limit) from None
     del data, tensors
     return _store(session, store, owner.id, canonical, config.to_dict(), source="upload")
+
+
+def check_before_building(data: bytes, limit: int, overrides: dict[str, Any] | None,
+                          settings: Settings) -> None:
+    """Caps read from the header and the config alone, before any tensor is loaded or any
+    architecture built: at most MAX_CHECKPOINT_TENSORS tensors, and a network within
+    MAX_NETWORK_LAYERS and MAX_NETWORK_PARAMETERS (422 naming the cap)."""
+    header = parse_header(data, limit)
+    if len(header.tensors) > settings.max_checkpoint_tensors:
+        raise over_limit("file", f"{len(header.tensors)} tensors",
+                         settings.max_checkpoint_tensors, "max_checkpoint_tensors")
+    base = metadata_config(header)
+    if base is None and not overrides:
+        return  # read_checkpoint explains what is missing
+    config = CheckpointConfig.from_dict(merge_config(base, overrides))
+    check_network_size(config.network_config(), settings)
 
 
 def _store(session: Session, store: ArtifactStore, owner_id: str, blob: bytes,

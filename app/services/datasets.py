@@ -8,10 +8,12 @@ equal hashes and share one blob. Validation happens entirely before anything is 
 from __future__ import annotations
 
 import io
+import math
 import zipfile
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -35,6 +37,8 @@ from models.data import DataError, DataSet, GaussianMixture, array_dataset, load
 NPZ_MEDIA_TYPE = "application/x-npz"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 ACTIVE_STATUSES = (JobStatus.queued.value, JobStatus.running.value)
+MAX_LABEL = 2**31 - 2  # num_classes = max label + 1 must fit a 32-bit INTEGER column
+WEIGHT_SUM_TOLERANCE = 1e-6
 
 
 def canonical_npz(x: np.ndarray, labels: np.ndarray | None) -> bytes:
@@ -81,6 +85,36 @@ def _size_of(session: Session, sha: str) -> int | None:
 
 def public(session: Session, row: Dataset) -> DatasetPublic:
     return dataset_public(row, _size_of(session, row.sha256))
+
+
+BULKY_MIXTURE_KEYS = ("weights", "means", "stds")
+
+
+def mixture_summary(mixture: dict[str, Any] | None, dataset_id: str) -> dict[str, Any] | None:
+    """A mixture without its (K, D) parameters, for lists: K, D, how it was made, and where the
+    full parameters are (`GET /v1/datasets/{id}`)."""
+    if mixture is None:
+        return None
+    means = mixture.get("means") or []
+    out = {k: v for k, v in mixture.items() if k not in BULKY_MIXTURE_KEYS}
+    out.update(n_components=len(means), dim=len(means[0]) if means else None,
+               parameters=f"/v1/datasets/{dataset_id}")
+    return out
+
+
+def list_item(session: Session, row: Dataset, sizes: dict[str, int]) -> DatasetPublic:
+    """A list entry: the document without bulky mixture parameters."""
+    doc = dataset_public(row, sizes.get(row.sha256))
+    return doc.model_copy(update={"mixture": mixture_summary(row.mixture, row.id)})
+
+
+def sizes_of(session: Session, rows: list[Dataset]) -> dict[str, int]:
+    """Blob sizes of a page of data sets, in one query."""
+    shas = {r.sha256 for r in rows}
+    if not shas:
+        return {}
+    return {sha: int(size) for sha, size in session.execute(
+        select(Artifact.sha256, Artifact.size_bytes).where(Artifact.sha256.in_(shas))).all()}
 
 
 # ---- creation ----
@@ -136,9 +170,11 @@ def create_from_upload(session: Session, store: ArtifactStore, settings: Setting
         raise unprocessable("give both value_min and value_max, or neither", field)
     value_range = None if form.value_min is None else (form.value_min, form.value_max)
     try:
-        arrays = read_uploaded_arrays(upload.file_path, settings.max_array_elements)
+        arrays = read_uploaded_arrays(upload.file_path, settings.max_array_elements,
+                                      settings.max_upload_bytes)
     except UploadError as exc:
         raise ProblemError(exc.status, None, str(exc), exc.field) from None
+    check_labels(arrays.labels)
     try:
         data = array_dataset(arrays.x, arrays.labels, layout=form.layout,
                              value_range=value_range, scale=form.scale)  # type: ignore[arg-type]
@@ -147,6 +183,8 @@ def create_from_upload(session: Session, store: ArtifactStore, settings: Setting
         field = "labels" if msg.startswith("labels") else (
             "value_min" if "value_range" in msg else "x")
         raise unprocessable(msg, field) from None
+    check_finite(data, "x", "the data are not finite after the float32 cast (values beyond "
+                 "+-3.4e38, NaN or infinity)")
     scaling = {"layout": form.layout, "scale": form.scale,
                "value_range_in": None if value_range is None else list(value_range),
                "format": arrays.format, "filename": upload.filename}
@@ -175,15 +213,68 @@ def _mixture_from_spec(spec: GaussianMixtureCreate) -> GaussianMixture:
             from None
 
 
+def check_labels(labels: np.ndarray | None) -> None:
+    """Labels are class indices 0 .. MAX_LABEL (what `num_classes`, an INTEGER, can hold)."""
+    if labels is None or labels.size == 0:
+        return
+    high = int(labels.max())  # negative labels: models.data says they must be >= 0
+    if high > MAX_LABEL:
+        raise unprocessable(f"labels must be at most {MAX_LABEL} (class indices); got {high}",
+                            "labels")
+
+
+def check_finite(data: DataSet, field: str, detail: str) -> None:
+    """422 unless every stored number is finite (x is float32 here, after the cast)."""
+    if not bool(torch.isfinite(data.x).all()):
+        raise unprocessable(detail, field)
+
+
+def check_mixture_size(spec: GaussianMixtureCreate, settings: Settings) -> None:
+    """n_components x dim within MAX_MIXTURE_SIZE, before any parameter is drawn."""
+    cap = settings.max_mixture_size
+    if spec.means is not None:
+        k, d = len(spec.means), max((len(m) for m in spec.means), default=0)
+        field = "means"
+    else:
+        k, d = spec.n_components or 5, spec.dim or 2
+        field = "n_components"
+    if k * d > cap:
+        raise over_limit(field, f"{k} x {d}", cap, "max_mixture_size")
+
+
+def check_mixture_values(spec: GaussianMixtureCreate) -> None:
+    """Explicit parameters finite in float32, and weights that already sum to 1 (never
+    renormalised silently)."""
+    for name in ("means", "stds", "weights"):
+        value = getattr(spec, name)
+        if value is None:
+            continue
+        flat = [v for row in value for v in row] if name != "weights" else list(value)
+        with np.errstate(over="ignore"):
+            as_f32 = np.asarray(flat, dtype=np.float64).astype(np.float32)
+        if not bool(np.isfinite(as_f32).all()):
+            raise unprocessable(f"{name} must be finite in float32 (|value| < 3.4e38)", name)
+    if spec.weights is not None and spec.weights:
+        total = math.fsum(spec.weights)
+        if abs(total - 1.0) > WEIGHT_SUM_TOLERANCE:
+            raise unprocessable(f"weights sum to {total!r}, not 1 (tolerance "
+                                f"{WEIGHT_SUM_TOLERANCE}); they are not renormalised", "weights")
+
+
 def create_mixture(session: Session, store: ArtifactStore, settings: Settings, owner: Owner,
                    spec: GaussianMixtureCreate) -> Dataset:
     if spec.n_samples > settings.max_n_samples:
         raise over_limit("n_samples", spec.n_samples, settings.max_n_samples, "max_n_samples")
+    check_mixture_size(spec, settings)
+    check_mixture_values(spec)
     mixture = _mixture_from_spec(spec)
     if spec.n_samples * mixture.dim > settings.max_array_elements:
         raise over_limit("n_samples", spec.n_samples * mixture.dim, settings.max_array_elements,
                          "max_array_elements")
     data = mixture.as_dataset(spec.n_samples, spec.seed)
+    check_finite(data, "box" if spec.means is None else "means",
+                 "the mixture's samples are not finite in float32; use a smaller box, means or "
+                 "stds")
     held_out: Literal["split", "fresh_draws"] = "fresh_draws" if spec.test_fraction == 0 else "split"
     split = _split_info(data, spec.test_fraction, spec.split_seed, held_out)
     params = {**mixture.to_dict(), "n_samples": spec.n_samples, "seed": spec.seed,

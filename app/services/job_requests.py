@@ -5,7 +5,8 @@ The result is a resolved spec of `core.contract` (`TrainJobSpec`, `MeasureJobSpe
 
 Inconsistent settings get 422 naming the field (e.g. `training.milestones`); values over a cap
 get 422 naming the cap (e.g. MAX_EPOCHS). Nothing is trained or measured here, and CUDA is never
-touched (configs are checked as dataclasses; no network is built).
+touched (configs are checked as dataclasses; a network is built only on PyTorch's `meta`
+device, which allocates nothing, to count its parameters).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from app.errors import over_limit, unprocessable
 from app.schemas.jobs import MeasureJobCreate, SampleJobCreate, TrainFields
 from app.services.checkpoints import get_owned as get_checkpoint
 from app.services.datasets import get_owned as get_dataset
+from app.services.network_limits import check_network_size, check_override_types
 from core.contract import (
     NUM_STEPS_IMAGES,
     NUM_STEPS_VECTORS,
@@ -95,8 +97,9 @@ def resolve_measurement(spec: MeasurementSpec, process: ForwardProcess, dataset:
 
 # ---- network ----
 def resolve_network(spec: NetworkSpec, event_shape: tuple[int, ...], num_classes: int | None,
-                    seed: int) -> dict[str, Any]:
-    """Defaults for the data's shape, overridden by the request's keys; checked against the data."""
+                    seed: int, settings: Settings | None = None) -> dict[str, Any]:
+    """Defaults for the data's shape, overridden by the request's keys; checked against the data
+    and (with `settings`) against MAX_NETWORK_LAYERS and MAX_NETWORK_PARAMETERS."""
     overrides = dict(spec.model_extra or {})
     arch = spec.arch
     try:
@@ -115,6 +118,7 @@ def resolve_network(spec: NetworkSpec, event_shape: tuple[int, ...], num_classes
                                 f"have shape {list(event_shape)}", "network.arch")
     if arch == "mlp" and len(event_shape) > 1:
         base.setdefault("event_shape", list(event_shape))
+    check_override_types(overrides, base)
     doc = {**base, **overrides}
     try:
         config = network_config_from_dict(doc)
@@ -139,6 +143,8 @@ def resolve_network(spec: NetworkSpec, event_shape: tuple[int, ...], num_classes
     if nc is not None and num_classes is not None and nc < num_classes:
         raise unprocessable(f"network.num_classes = {nc} but the labels need {num_classes}",
                             "network.num_classes")
+    if settings is not None:
+        check_network_size(config, settings)
     return config.to_dict()
 
 
@@ -197,7 +203,7 @@ def resolve_train(session: Session, owner: Owner, req: TrainFields, settings: Se
     n_train = resolve_n_train(req, dataset)
     training = resolve_training(req, dataset, settings)
     network = resolve_network(req.network, event_shape_of(dataset), dataset.num_classes,
-                              training.seed)
+                              training.seed, settings)
     measurement = resolve_measurement(req.measurement, process, dataset, settings)
     spec = TrainJobSpec(type="train", dataset_id=dataset.id, data_sha256=dataset.sha256,
                         process=process.spec(),  # type: ignore[arg-type]  # validated by pydantic

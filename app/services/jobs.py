@@ -14,7 +14,8 @@ from typing import Any
 from redis import Redis
 from rq import Worker
 from rq.job import Job as RQJob
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, distinct, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import ProblemError, conflict, not_found
@@ -25,7 +26,7 @@ from app.schemas.jobs import (
     SampleJobCreate,
     TrainJobCreate,
 )
-from app.services import job_requests
+from app.services import idempotency, job_requests
 from app.services.pages import newest_first_page
 from core import queue as rq_client
 from core.contract import Convergence, JobProgress, QueueName, parse_job_spec
@@ -82,7 +83,12 @@ def enqueue_new(session: Session, jobs: Sequence[Job], connection: Redis, *,
     """Put committed `queued` rows on RQ in order and record their RQ ids. If Redis refuses one,
     every row of `jobs` is deleted again (ids already on RQ are dropped; a worker that took one
     finds no row and does nothing), `on_failure` runs in the same commit, and the client gets
-    503: a failed submission changes nothing."""
+    503: a failed submission changes nothing.
+
+    Once every id is on RQ the submission has succeeded, whatever happens next: recording the
+    RQ ids is best effort (a database that is busy at that moment leaves `rq_job_id` empty,
+    which the reconciler tolerates; the worker's claim is fenced, so the job still runs once).
+    """
     enqueued: list[str] = []
     for job in jobs:
         try:
@@ -99,19 +105,77 @@ def enqueue_new(session: Session, jobs: Sequence[Job], connection: Redis, *,
                                "the job queue (Redis) is not reachable; nothing was created, "
                                "retry later", headers={"Retry-After": "10"}) from None
         enqueued.append(rq_id)
-        session.execute(update(Job).where(Job.id == job.id, Job.rq_job_id.is_(None))
-                        .values(rq_job_id=rq_id))
-    session.commit()
+    try:
+        for job, rq_id in zip(jobs, enqueued, strict=True):
+            session.execute(update(Job).where(Job.id == job.id, Job.rq_job_id.is_(None))
+                            .values(rq_job_id=rq_id))
+        session.commit()
+    except Exception:  # noqa: BLE001 - the jobs are committed and queued: never fail now
+        session.rollback()
+        log.warning("jobs %s are queued but their RQ ids were not recorded",
+                    [j.id for j in jobs], exc_info=True)
+
+
+QUEUED_CAP_RETRY_AFTER_SECONDS = 30
+
+
+def queued_submissions(session: Session, owner: Owner) -> int:
+    """The owner's queued submissions: queued jobs outside sweeps, plus one per sweep that still
+    has a queued job."""
+    queued = (Job.owner_id == owner.id, Job.status == JobStatus.queued.value)
+    single = session.scalar(select(func.count()).select_from(Job)
+                            .where(*queued, Job.sweep_id.is_(None))) or 0
+    sweeps = session.scalar(select(func.count(distinct(Job.sweep_id)))
+                            .where(*queued, Job.sweep_id.is_not(None))) or 0
+    return int(single) + int(sweeps)
+
+
+def check_queued_cap(session: Session, owner: Owner, settings: Settings) -> None:
+    """429 + Retry-After when the owner already has MAX_QUEUED_JOBS_PER_OWNER queued
+    submissions. On PostgreSQL the owner's row is locked first, so concurrent submissions of
+    one owner are counted one after the other (SQLite serialises writers anyway)."""
+    session.execute(select(Owner.id).where(Owner.id == owner.id).with_for_update())
+    cap = settings.max_queued_jobs_per_owner
+    n = queued_submissions(session, owner)
+    if n >= cap:
+        raise ProblemError(
+            429, "Too Many Requests",
+            f"you have {n} queued submissions, the limit is {cap} (setting "
+            "MAX_QUEUED_JOBS_PER_OWNER); retry once some have started",
+            headers={"Retry-After": str(QUEUED_CAP_RETRY_AFTER_SECONDS)},
+            limit=cap, limit_setting="MAX_QUEUED_JOBS_PER_OWNER")
+
+
+SUBMIT_ENDPOINT = "POST /v1/jobs"
 
 
 def submit(session: Session, owner: Owner, req: JobRequest, settings: Settings,
-           connection: Redis) -> Job:
-    """Resolve `req`, create the job row `queued`, commit, and enqueue its id."""
+           connection: Redis, idempotency_key: str | None = None) -> tuple[JobPublic, bool]:
+    """Resolve `req`, create the job row `queued`, commit, and enqueue its id.
+
+    Returns the job document and whether it is a replay of an earlier submission with the same
+    `Idempotency-Key`. The document is built before the commit (a new job has no milestones),
+    so nothing after the commit can turn a persisted, queued job into an error answer.
+    """
+    fp = idempotency.fingerprint(req)
+    prior = idempotency.find(session, owner, idempotency_key, SUBMIT_ENDPOINT, fp)
+    if prior is not None:
+        job = session.get(Job, prior.resource_id)
+        if job is not None:
+            return job_public(session, job), True
+    check_queued_cap(session, owner, settings)
     job = new_job(session, owner, req, settings, choose_queue(req.queue, connection))
-    session.commit()
-    enqueue_new(session, [job], connection)
-    session.refresh(job)
-    return job
+    session.flush()
+    doc = job_public(session, job)
+    idempotency.remember(session, owner, idempotency_key, SUBMIT_ENDPOINT, fp, job.id, 202)
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        winner = idempotency.winner_after_conflict(session, owner, idempotency_key, exc)
+        return job_public(session, get_owned(session, owner, winner.resource_id)), True
+    enqueue_new(session, [job], connection,
+                on_failure=lambda s: idempotency.forget(s, owner, idempotency_key))
+    return doc, False
 
 
 # ---- queries ----

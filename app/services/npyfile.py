@@ -92,14 +92,26 @@ def _check_dtype(header: NpyHeader, name: str, kinds: str) -> None:
         raise UploadError(f"{name} has dtype {dt.str}; expected {allowed} dtype", field)
 
 
-def _check_size(header: NpyHeader, name: str, max_elements: int) -> None:
+STORED_ITEMSIZE = 4  # x is stored as float32
+
+
+def _check_size(header: NpyHeader, name: str, max_elements: int,
+                max_bytes: int | None = None) -> None:
+    """From the header alone: the element cap, and (with `max_bytes`) the decoded size, the
+    larger of the declared data and its float32 copy, against MAX_UPLOAD_BYTES, so a small
+    compressed upload cannot decode into a huge array."""
+    field = name if name in ALLOWED_MEMBERS else "file"
     if any(d < 0 for d in header.shape):
         raise UploadError(f"{name}: negative dimension in shape {header.shape}")
     if header.elements > max_elements:
         raise UploadError(
             f"{name} has {header.elements} elements (shape {list(header.shape)}); the limit is "
-            f"{max_elements} (setting MAX_ARRAY_ELEMENTS)",
-            field=name if name in ALLOWED_MEMBERS else "file")
+            f"{max_elements} (setting MAX_ARRAY_ELEMENTS)", field=field)
+    decoded = max(header.data_bytes, header.elements * STORED_ITEMSIZE)
+    if max_bytes is not None and decoded > max_bytes:
+        raise UploadError(
+            f"{name} would decode to {decoded} bytes (shape {list(header.shape)}); the limit is "
+            f"{max_bytes} (setting MAX_UPLOAD_BYTES)", field=field)
 
 
 def _read_data(fh: IO[bytes], header: NpyHeader, name: str) -> np.ndarray:
@@ -114,25 +126,28 @@ def _read_data(fh: IO[bytes], header: NpyHeader, name: str) -> np.ndarray:
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, kinds: str,
-                 max_elements: int) -> np.ndarray:
+                 max_elements: int, max_bytes: int | None = None) -> np.ndarray:
     """Member `key` ("x" or "labels"); errors name the member as their field."""
     try:
-        return _read_member_unchecked(zf, info, kinds, max_elements)
+        return _read_member_unchecked(zf, info, kinds, max_elements, max_bytes)
     except UploadError as exc:
         raise UploadError(str(exc), field=key, status=exc.status) from None
 
 
 def _read_member_unchecked(zf: zipfile.ZipFile, info: zipfile.ZipInfo, kinds: str,
-                           max_elements: int) -> np.ndarray:
+                           max_elements: int, max_bytes: int | None = None) -> np.ndarray:
     name = info.filename
     cap = max_elements * 8 + MAX_HEADER_BYTES  # the largest file an allowed array could need
+    source = f"MAX_ARRAY_ELEMENTS = {max_elements}"
+    if max_bytes is not None and max_bytes + MAX_HEADER_BYTES < cap:
+        cap, source = max_bytes + MAX_HEADER_BYTES, f"MAX_UPLOAD_BYTES = {max_bytes}"
     if info.file_size > cap:
         raise UploadError(f"npz member {name} declares {info.file_size} uncompressed bytes; the "
-                          f"limit is {cap} (from MAX_ARRAY_ELEMENTS = {max_elements})")
+                          f"limit is {cap} (from {source})")
     with zf.open(info) as fh:
         header = read_npy_header(fh, name)  # decompresses only the first few bytes
         _check_dtype(header, name, kinds)
-        _check_size(header, name, max_elements)
+        _check_size(header, name, max_elements, max_bytes)
         if header.header_bytes + header.data_bytes != info.file_size:
             raise UploadError(
                 f"npz member {name}: its header declares {header.data_bytes} data bytes but the "
@@ -140,7 +155,7 @@ def _read_member_unchecked(zf: zipfile.ZipFile, info: zipfile.ZipInfo, kinds: st
         return _read_data(fh, header, name)
 
 
-def _read_npz(path: Path, max_elements: int) -> UploadedArrays:
+def _read_npz(path: Path, max_elements: int, max_bytes: int | None = None) -> UploadedArrays:
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
@@ -156,11 +171,11 @@ def _read_npz(path: Path, max_elements: int) -> UploadedArrays:
         if len(members) != len(names):
             raise UploadError("file: duplicate .npz members")
         try:
-            x = _read_member(zf, members[names["x"]], "x", X_KINDS, max_elements)
+            x = _read_member(zf, members[names["x"]], "x", X_KINDS, max_elements, max_bytes)
             labels = None
             if "labels" in names:
                 labels = _read_member(zf, members[names["labels"]], "labels", LABEL_KINDS,
-                                      max_elements)
+                                      max_elements, max_bytes)
         except UploadError:
             raise
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
@@ -168,11 +183,11 @@ def _read_npz(path: Path, max_elements: int) -> UploadedArrays:
     return UploadedArrays(x, labels, "npz", x.dtype.str)
 
 
-def _read_npy(path: Path, max_elements: int) -> UploadedArrays:
+def _read_npy(path: Path, max_elements: int, max_bytes: int | None = None) -> UploadedArrays:
     with path.open("rb") as fh:
         header = read_npy_header(fh, "file")
         _check_dtype(header, "x", X_KINDS)
-        _check_size(header, "x", max_elements)
+        _check_size(header, "x", max_elements, max_bytes)
         size = path.stat().st_size
         if header.header_bytes + header.data_bytes != size:
             raise UploadError(f"file: the .npy header declares {header.data_bytes} data bytes but "
@@ -181,14 +196,16 @@ def _read_npy(path: Path, max_elements: int) -> UploadedArrays:
     return UploadedArrays(x, None, "npy", x.dtype.str)
 
 
-def read_uploaded_arrays(path: Path, max_elements: int) -> UploadedArrays:
-    """The arrays `x` (and `labels`) of an uploaded .npy / .npz file, checked as described above."""
+def read_uploaded_arrays(path: Path, max_elements: int,
+                         max_bytes: int | None = None) -> UploadedArrays:
+    """The arrays `x` (and `labels`) of an uploaded .npy / .npz file, checked as described above;
+    `max_bytes` caps each array's decoded size (MAX_UPLOAD_BYTES) before it is decoded."""
     with path.open("rb") as fh:
         magic = fh.read(6)
     if magic.startswith(NPY_MAGIC):
-        return _read_npy(path, max_elements)
+        return _read_npy(path, max_elements, max_bytes)
     if magic[:4] in ZIP_MAGICS:
-        return _read_npz(path, max_elements)
+        return _read_npz(path, max_elements, max_bytes)
     if magic[:1] == b"\x80":
         raise UploadError("file: this is a Python pickle; pickles are never loaded — upload a "
                           ".npy or .npz saved with numpy (allow_pickle=False)")

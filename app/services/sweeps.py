@@ -17,6 +17,7 @@ from typing import Any
 
 from redis import Redis
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import ProblemError, conflict, not_found, over_limit, unprocessable
@@ -28,6 +29,7 @@ from app.schemas.sweeps import (
     SweepPublic,
     SweepSummary,
 )
+from app.services import idempotency
 from app.services import jobs as jobs_service
 from app.services.datasets import get_owned as get_dataset
 from app.services.job_requests import training_points
@@ -152,10 +154,25 @@ def _at_point(exc: ProblemError, req: SweepCreate, point: GridPoint) -> ProblemE
                         **exc.extra)
 
 
+SUBMIT_ENDPOINT = "POST /v1/sweeps"
+
+
 def submit(session: Session, owner: Owner, req: SweepCreate, settings: Settings,
-           connection: Redis) -> Sweep:
-    """Resolve every grid point, store the sweep and its jobs in one commit, then enqueue them."""
+           connection: Redis, idempotency_key: str | None = None) -> tuple[SweepPublic, bool]:
+    """Resolve every grid point, store the sweep and its jobs in one commit, then enqueue them.
+
+    Returns the sweep document (built before the commit, so nothing after it can fail a
+    persisted sweep) and whether it replays an earlier submission with the same
+    `Idempotency-Key`. The whole sweep counts as one submission against
+    MAX_QUEUED_JOBS_PER_OWNER (429 + Retry-After)."""
+    fp = idempotency.fingerprint(req)
+    prior = idempotency.find(session, owner, idempotency_key, SUBMIT_ENDPOINT, fp)
+    if prior is not None:
+        existing = session.get(Sweep, prior.resource_id)
+        if existing is not None:
+            return sweep_public(session, existing), True
     _check_request(req, settings)
+    jobs_service.check_queued_cap(session, owner, settings)
     dataset = get_dataset(session, owner, req.base.dataset_id, "base.dataset_id")
     n_points = training_points(dataset)
     n_max = max(req.grid.n_train or [req.base.n_train or n_points])
@@ -183,14 +200,21 @@ def submit(session: Session, owner: Owner, req: SweepCreate, settings: Settings,
         })
     session.flush()
     sweep.points = [{"job_id": job.id, **p} for job, p in zip(jobs, points, strict=True)]
-    session.commit()
+    session.flush()
+    doc = sweep_public(session, sweep)
+    idempotency.remember(session, owner, idempotency_key, SUBMIT_ENDPOINT, fp, sweep.id, 202)
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        winner = idempotency.winner_after_conflict(session, owner, idempotency_key, exc)
+        return sweep_public(session, get_owned(session, owner, winner.resource_id)), True
 
     def forget_sweep(s: Session) -> None:
         s.execute(delete(Sweep).where(Sweep.id == sweep.id))
+        idempotency.forget(s, owner, idempotency_key)
 
     jobs_service.enqueue_new(session, jobs, connection, on_failure=forget_sweep)
-    session.refresh(sweep)
-    return sweep
+    return doc, False
 
 
 # ---- queries ----

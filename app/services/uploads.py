@@ -77,6 +77,11 @@ async def receive_multipart(request: Request, limit: int, staging: Path,
     out = ReceivedUpload()
     try:
         for key, value in form.multi_items():
+            text = value.filename or "" if isinstance(value, UploadFile) else value
+            if "\x00" in key or "\x00" in text:
+                raise ProblemError(422, "Unprocessable Content",
+                                   "NUL characters are not allowed in form fields or file names",
+                                   key.replace("\x00", "") or "form")
             if isinstance(value, UploadFile):
                 if key != file_field:
                     raise ProblemError(422, "Unprocessable Content",
