@@ -90,7 +90,18 @@ class VESpec(_Strict):
     sigma_max: float = Field(50.0, gt=0)
 
 
-ProcessSpec = Annotated[VPSpec | SLSpec | VPCosineSpec | VESpec, Field(discriminator="kind")]
+class DiscreteSpec(_Strict):
+    """A discrete scheduler's table (diffusers DDPM/DDIM) as a process: abar_k exact at
+    s_k = (k+1)/T, log-SNR linear in s between them (docs/diffusers.md)."""
+
+    kind: Literal["discrete"] = "discrete"
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    beta_start: float = Field(0.0001, gt=0, lt=1)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+    num_train_timesteps: int = Field(1000, ge=2, le=100_000)
+
+
+ProcessSpec = Annotated[VPSpec | SLSpec | VPCosineSpec | VESpec | DiscreteSpec, Field(discriminator="kind")]
 DEFAULT_PROCESS: ProcessSpec = VPSpec()
 
 
