@@ -412,7 +412,8 @@ class Reproducibility(BaseModel):
     split: Split | None
     process: dict[str, Any] = Field(description="The process spec, every field.")
     network: dict[str, Any] | None = Field(description="The network config, every field.")
-    parametrization: str = Field(description="entropy_matching | score | noise.")
+    parametrization: str = Field(
+        description="entropy_matching | scaled_entropy_matching | score | noise | v_prediction | sample.")
     training: dict[str, Any] | None = Field(description="The resolved training settings, if known.")
     estimator: dict[str, Any] = Field(description="`models.entropy.MeasurementConfig`, every field.")
     seed: int | None = Field(description="Seed of the measurement's draws.")
@@ -421,3 +422,7 @@ class Reproducibility(BaseModel):
     torch_version: str
     checkpoint_id: str | None
     epoch: int | None
+    value_range: dict[str, Any] | None = Field(
+        None, description="When the data were mapped to the model's range before measuring (diffusers "
+        "checkpoints): {data: [lo, hi] as stored, model: [lo, hi] the model takes, scale, shift} with "
+        "x_model = scale * x_data + shift (docs/diffusers.md).")

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     max_curve_points: int = Field(4096, description="Largest number of curve points n_times.")
     max_sample_count: int = Field(10_000, description="Largest number of generated samples per job.")
     max_sweep_jobs: int = Field(256, description="Largest number of grid points (train jobs) of a sweep.")
+    max_archive_members: int = Field(64, description="Most members of an uploaded pipeline archive (.zip/.tar).")
+    max_archive_unpacked_bytes: int = Field(
+        512 * MiB, description="Largest unpacked size of an uploaded pipeline archive, bytes (413 above).")
+    max_model_parameters: int = Field(
+        64_000_000, description="Most parameters of an uploaded diffusers UNet, checked before allocation.")
 
     # ---- jobs ----
     job_timeout_seconds: int = Field(7 * 24 * 3600, description="RQ job timeout (RQ's 180 s default kills training).")

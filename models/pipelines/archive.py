@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from models.checkpoints.format import CheckpointError, CheckpointTooLarge
+from models.checkpoints.format import CheckpointError, CheckpointTooLarge, NotSafetensors
 
 UNET_CONFIG = "unet/config.json"
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
@@ -167,6 +167,12 @@ def _read_zip(path: Path, limits: ArchiveLimits) -> tuple[dict[str, bytes], list
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
+            raw = [i.filename for i in infos]
+            if any(n.endswith("data.pkl") for n in raw) and not any("unet/" in n for n in raw):
+                raise NotSafetensors(
+                    "the file is a zip archive written by torch.save (or TorchScript), not a diffusers pipeline; "
+                    "it is never loaded — export the weights with safetensors (see docs/checkpoints.md)",
+                    code="not_safetensors")
             names: list[str] = []
             for info in infos:  # every member checked before any is read
                 name = check_name(info.filename)
