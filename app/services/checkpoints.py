@@ -9,6 +9,7 @@ checkpoints train jobs register through `worker.checkpoints.store_checkpoint`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -127,13 +128,13 @@ def create_from_pipeline(session: Session, store: ArtifactStore, settings: Setti
         files = read_pipeline(Path(upload.file_path), limits)
         config, tensors, _ = pipeline_checkpoint(files, max_parameters=settings.max_model_parameters,
                                                  max_bytes=settings.max_archive_unpacked_bytes)
+        config = dataclasses.replace(config, provenance={
+            **config.provenance, "archive_sha256": upload.sha256, "archive_root": files.root})
         canonical = write_checkpoint(tensors, config, check=False)
     except CheckpointError as exc:
         raise problem_from(exc, settings.max_upload_bytes) from None
-    doc = config.to_dict()
-    doc["provenance"] = {**doc["provenance"], "archive_sha256": upload.sha256, "archive_root": files.root}
     del files, tensors
-    return _store(session, store, owner.id, canonical, doc, source="diffusers")
+    return _store(session, store, owner.id, canonical, config.to_dict(), source="diffusers")
 
 
 def _store(session: Session, store: ArtifactStore, owner_id: str, blob: bytes,

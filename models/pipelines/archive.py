@@ -177,7 +177,7 @@ def _read_zip(path: Path, limits: ArchiveLimits) -> tuple[dict[str, bytes], list
             for info in infos:  # every member checked before any is read
                 name = check_name(info.filename)
                 mode = info.external_attr >> 16
-                if stat.S_ISLNK(mode) or (mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+                if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):  # 0: written without a type
                     raise bad(f"archive member {info.filename!r} is a link or special file; only regular files "
                               "are accepted", "unsafe_member")
                 if info.flag_bits & 0x1:
