@@ -13,6 +13,7 @@
 
     .venv/bin/python bench/bench_diffusers.py            # both, about a minute on 2 CPU cores
     .venv/bin/python bench/bench_diffusers.py --only stot
+    .venv/bin/python bench/bench_diffusers.py --only timesteps --pipeline ddpm-digits.zip
 """
 
 from __future__ import annotations
@@ -61,24 +62,27 @@ def bench_stot() -> None:
                       "discrete_nats": a, "vp_cosine_nats": b, "difference_nats": a - b, "relative": (a - b) / b}))
 
 
-def bench_timesteps(steps: int, n_samples: int) -> None:
+def bench_timesteps(steps: int, n_samples: int, pipeline: Path | None) -> None:
     from sklearn.datasets import load_digits
 
     from models.checkpoints.io import load_model
     from models.pipelines.archive import ArchiveLimits, read_pipeline
     from models.pipelines.convert import pipeline_checkpoint
-    from tests.pipelines import train_digits_pipeline, zip_folder
 
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        folder, losses = train_digits_pipeline(Path(tmp) / "p", steps=steps)
-        train_s = time.perf_counter() - t0
-        archive = Path(tmp) / "p.zip"
-        archive.write_bytes(zip_folder(folder))
+        archive = pipeline
+        if archive is None:  # train one: diffusers' DDPM loop, tests/pipelines.py
+            from tests.pipelines import train_digits_pipeline, zip_folder
+
+            t0 = time.perf_counter()
+            folder, losses = train_digits_pipeline(Path(tmp) / "p", steps=steps)
+            print(json.dumps({"bench": "train", "steps": steps, "seconds": time.perf_counter() - t0,
+                              "loss_first": losses[0], "loss_last": losses[-1]}))
+            archive = Path(tmp) / "p.zip"
+            archive.write_bytes(zip_folder(folder))
         files = read_pipeline(archive, ArchiveLimits())
         config, tensors, n_params = pipeline_checkpoint(files, max_parameters=10**8, max_bytes=10**9)
-    print(json.dumps({"bench": "train", "steps": steps, "seconds": train_s, "loss_first": losses[0],
-                      "loss_last": losses[-1], "parameters": n_params}))
+    print(json.dumps({"bench": "pipeline", "source": str(pipeline or "trained here"), "parameters": n_params}))
     x = torch.from_numpy(load_digits().images.astype("float32") / 16.0 * 2.0 - 1.0).unsqueeze(1)
     models = {}
     for mode in ("float", "round"):
@@ -116,12 +120,14 @@ def main() -> None:
     ap.add_argument("--only", choices=["stot", "timesteps"])
     ap.add_argument("--steps", type=int, default=300, help="DDPM training steps of the digits UNet")
     ap.add_argument("--n-samples", type=int, default=8192, help="S_NN budget (network evaluations)")
+    ap.add_argument("--pipeline", type=Path, help="a pipeline .zip to use instead of training one "
+                    "(e.g. examples/diffusers_digits.py's ddpm-digits.zip)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     if a.only in (None, "stot"):
         bench_stot()
     if a.only in (None, "timesteps"):
-        bench_timesteps(a.steps, a.n_samples)
+        bench_timesteps(a.steps, a.n_samples, a.pipeline)
 
 
 if __name__ == "__main__":
