@@ -64,6 +64,15 @@ def train_digits_pipeline(folder: Path, *, steps: int = 300, prediction_type: st
     """diffusers' own DDPM training loop (DDPMScheduler.add_noise, MSE on the prediction) on
     scikit-learn's 8x8 digits scaled to [-1, 1]; saved with save_pretrained. Returns the folder
     and the loss every 50 steps."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is as fast, and never spins on a busy machine
+    try:
+        return _train(folder, steps, prediction_type, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(folder: Path, steps: int, prediction_type: str, seed: int) -> tuple[Path, list[float]]:
     from sklearn.datasets import load_digits
 
     torch.manual_seed(seed)
