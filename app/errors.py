@@ -120,7 +120,7 @@ def conflict(detail: str, **extra: Any) -> ProblemError:
 # tags of our discriminated unions, which pydantic puts into error locations
 # (body.train.process.vp.beta_min): they are dropped from field names
 UNION_TAGS = frozenset({"train", "measure", "sample", "gaussian_mixture", "digits",
-                        "vp", "sl", "vp_cosine", "ve"})
+                        "vp", "sl", "vp_cosine", "ve", "discrete"})
 
 
 def field_name(error: Mapping[str, Any]) -> str:

@@ -100,7 +100,18 @@ class VESpec(_Strict):
     sigma_max: float = Field(50.0, gt=0)
 
 
-ProcessSpec = Annotated[VPSpec | SLSpec | VPCosineSpec | VESpec, Field(discriminator="kind")]
+class DiscreteSpec(_Strict):
+    """A discrete scheduler's table (diffusers DDPM/DDIM) as a process: abar_k exact at
+    s_k = (k+1)/T, log-SNR linear in s between them (docs/diffusers.md)."""
+
+    kind: Literal["discrete"] = "discrete"
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    beta_start: float = Field(0.0001, gt=0, lt=1)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+    num_train_timesteps: int = Field(1000, ge=2, le=100_000)
+
+
+ProcessSpec = Annotated[VPSpec | SLSpec | VPCosineSpec | VESpec | DiscreteSpec, Field(discriminator="kind")]
 DEFAULT_PROCESS: ProcessSpec = VPSpec()
 
 
@@ -413,7 +424,8 @@ class Reproducibility(BaseModel):
     split: Split | None
     process: dict[str, Any] = Field(description="The process spec, every field.")
     network: dict[str, Any] | None = Field(description="The network config, every field.")
-    parametrization: str = Field(description="entropy_matching | score | noise.")
+    parametrization: str = Field(
+        description="entropy_matching | scaled_entropy_matching | score | noise | v_prediction | sample.")
     training: dict[str, Any] | None = Field(description="The resolved training settings, if known.")
     estimator: dict[str, Any] = Field(description="`models.entropy.MeasurementConfig`, every field.")
     seed: int | None = Field(description="Seed of the measurement's draws.")
@@ -424,3 +436,7 @@ class Reproducibility(BaseModel):
                                       "(WORKER_TORCH_THREADS); not recorded before it was added.")
     checkpoint_id: str | None
     epoch: int | None
+    value_range: dict[str, Any] | None = Field(
+        None, description="When the data were mapped to the model's range before measuring (diffusers "
+        "checkpoints): {data: [lo, hi] as stored, model: [lo, hi] the model takes, scale, shift} with "
+        "x_model = scale * x_data + shift (docs/diffusers.md).")

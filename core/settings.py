@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     db_pool_timeout_seconds: float = Field(
         5.0, description="Wait for a free connection, then 503 + Retry-After.")
     retry_after_seconds: int = Field(2, description="Retry-After of load-shedding 503s.")
+    max_archive_members: int = Field(64, description="Most members of an uploaded pipeline archive (.zip/.tar).")
+    max_archive_unpacked_bytes: int = Field(
+        512 * MiB, description="Largest unpacked size of an uploaded pipeline archive, bytes (413 above).")
 
     # ---- jobs ----
     job_timeout_seconds: int = Field(7 * 24 * 3600, description="RQ job timeout (RQ's 180 s default kills training).")

@@ -6,6 +6,11 @@ Networks know nothing of processes; `EntropyMatchingModel` is where a network me
     scaled_entropy_matching:  e_theta = net(y, s) / k^2     (k^2 the equilibrium variance; 1 if flat)
     score:                    score   = net(y, s),          e_theta = score - grad log p_eq(y, s)
     noise:                    eps     = net(y, s),          score = -eps / Sigma(s)
+    v_prediction:             v       = net(y, s) = mu eps - Sigma x0   (diffusers' v)
+    sample:                   x0_hat  = net(y, s),          score = (mu x0_hat - y) / Sigma^2
+
+Every prediction type (score, noise, v_prediction, sample) is converted in one place,
+`models.pipelines.adapter`; this module only adds the entropy-matching ones.
 
 `scaled_entropy_matching` is entropy matching in the equilibrium's own units: the equilibrium score
 is -y / k^2, so with a narrow equilibrium (VPx, SL: k = 0.1) e_theta is about 1/k^2 = 100 times
@@ -24,10 +29,11 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
+from models.pipelines import adapter
 from models.processes import ForwardProcess
 from models.tensors import append_dims
 
-Parametrization = Literal["entropy_matching", "scaled_entropy_matching", "score", "noise"]
+Parametrization = Literal["entropy_matching", "scaled_entropy_matching", "score", "noise", "v_prediction", "sample"]
 ENTROPY_MATCHING = ("entropy_matching", "scaled_entropy_matching")
 PARAMETRIZATIONS: tuple[str, ...] = get_args(Parametrization)
 
@@ -60,7 +66,7 @@ class EntropyMatchingModel(nn.Module):
         out = self._net(y, s, labels)
         if self.parametrization in ENTROPY_MATCHING:
             return out * self.e_scale if self.e_scale != 1.0 else out
-        return self._score_from(out, y, s) - self.process.equilibrium_score(y, s)
+        return adapter.e_theta(self.parametrization, out, y, s, self.process)
 
     def score(self, y: torch.Tensor, s: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The model's grad log p_s(y), shape of y (B, ...)."""
@@ -79,14 +85,12 @@ class EntropyMatchingModel(nn.Module):
         if self.parametrization in ENTROPY_MATCHING:
             return std * (self.process.equilibrium_score(y, s) + self.e_theta(y, s, labels))
         out = self._net(y, s, labels)
-        if self.parametrization == "noise":
-            return -out
-        return std * out
+        mu = append_dims(self.process.mean_scale(s), y.ndim)
+        return adapter.scaled_score(self.parametrization, out, y, mu, std)
 
     def _score_from(self, out: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        if self.parametrization == "score":
-            return out
-        return -out / append_dims(self.process.std(s), y.ndim)  # noise: score = -eps / Sigma
+        mu, std = adapter.coefficients(self.process, s, y.ndim)
+        return adapter.score(self.parametrization, out, y, mu, std)
 
 
 def affine_residual(
@@ -101,11 +105,10 @@ def affine_residual(
     y, z: (B, ...); s: (B,). scale is (B, 1, ...) and offset (B, ...); the residual is affine in the
     network output, so training can draw them once per chunk of throws.
     """
+    if parametrization not in ENTROPY_MATCHING:
+        mu, std = adapter.coefficients(process, s, y.ndim)
+        return adapter.residual_affine(parametrization, y, z, mu, std)
     std = append_dims(process.std(s), y.ndim)
-    if parametrization == "noise":  # Sigma * score = -eps
-        return torch.full_like(std, -1.0), z
-    if parametrization == "score":
-        return std, z
     scale = e_theta_scale(process, parametrization)  # entropy matching: e_theta = scale * net
     return std * scale if scale != 1.0 else std, z + std * process.equilibrium_score(y, s)
 

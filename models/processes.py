@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from models.discrete_schedules import log_snr_table
 from models.tensors import append_dims, squared_norm
 
 T_MIN_DEFAULT = 1e-5  # smallest time any process is evaluated at (docs/math.md §1.3, the range column)
@@ -251,6 +252,81 @@ class VPCosine(VariancePreserving):
         return {"kind": self.kind, "kappa": self.kappa, "c": self.c}
 
 
+class DiscreteVP(VariancePreserving):
+    """A discrete scheduler's table as a process (diffusers DDPM/DDIM, docs/diffusers.md).
+
+    Training step k = 0 .. T-1 sits at s_k = (k + 1) / T, where mu(s_k)^2 = abar_k and
+    Sigma(s_k)^2 = 1 - abar_k exactly (`models.discrete_schedules`). Between the nodes the log-SNR
+    lambda = ln(abar / (1 - abar)) is linear in s, so abar(s) = sigmoid(lambda(s)); the drift rate
+    comes from the same table: a(s) = beta(s) / 2 with beta(s) = -d ln abar / ds
+    = -sigmoid(-lambda(s)) lambda'(s) (lambda' the slope of the segment), and sigma^2 = beta
+    (kappa = 1, equilibrium N(0, I)). The range is [1/T, 1]: the first and the last training step.
+    `model_timestep(s) = s T - 1` is the (fractional) timestep a diffusers UNet is fed at s.
+    """
+
+    kind = "discrete"
+    kappa = 1.0
+
+    def __init__(
+        self,
+        beta_schedule: str = "linear",
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        num_train_timesteps: int = 1000,
+    ) -> None:
+        if isinstance(num_train_timesteps, bool) or int(num_train_timesteps) != num_train_timesteps:
+            raise ValueError(f"num_train_timesteps must be an integer, got {num_train_timesteps!r}")
+        if not (0 < beta_start and 0 < beta_end < 1):
+            raise ValueError(f"discrete needs 0 < beta_start and 0 < beta_end < 1, got {beta_start}, {beta_end}")
+        self.beta_schedule = str(beta_schedule)
+        self.beta_start, self.beta_end = float(beta_start), float(beta_end)
+        self.num_train_timesteps = int(num_train_timesteps)
+        self._table = log_snr_table(self.beta_schedule, self.beta_start, self.beta_end, self.num_train_timesteps)
+        self._tables: dict[torch.device, torch.Tensor] = {}
+        self.t_min, self.t_max = 1.0 / self.num_train_timesteps, 1.0
+
+    def _lambda_and_slope(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """lambda(s) and d lambda / ds in float64, shape (B,); linear beyond the ends."""
+        table = self._tables.get(s.device)
+        if table is None:
+            table = self._tables[s.device] = self._table.to(s.device)
+        n = self.num_train_timesteps
+        u = s.to(torch.float64) * n - 1.0  # fractional step index; node k at u = k
+        k = torch.clamp(torch.floor(u), 0, n - 2).long()
+        lo, hi = table[k], table[k + 1]
+        return lo + (u - k) * (hi - lo), (hi - lo) * n
+
+    def log_snr(self, s: torch.Tensor) -> torch.Tensor:
+        return self._lambda_and_slope(s)[0].to(s.dtype)
+
+    def beta(self, s: torch.Tensor) -> torch.Tensor:
+        lam, slope = self._lambda_and_slope(s)
+        return (-torch.sigmoid(-lam) * slope).to(s.dtype)
+
+    def log_mean_scale(self, s: torch.Tensor) -> torch.Tensor:
+        return (0.5 * torch.nn.functional.logsigmoid(self._lambda_and_slope(s)[0])).to(s.dtype)
+
+    def variance(self, s: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(-self._lambda_and_slope(s)[0]).to(s.dtype)  # 1 - abar, without cancellation
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        """abar_k at the nodes s_k = (k+1)/T (T,), float64."""
+        return torch.sigmoid(self._table)
+
+    def model_timestep(self, s: torch.Tensor) -> torch.Tensor:
+        """The diffusers timestep at s: s T - 1 (fractional between training steps)."""
+        return s * self.num_train_timesteps - 1.0
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "beta_schedule": self.beta_schedule,
+            "beta_start": self.beta_start,
+            "beta_end": self.beta_end,
+            "num_train_timesteps": self.num_train_timesteps,
+        }
+
+
 class SL(ForwardProcess):
     """Straight line: mu = 1 - s, Sigma^2 = sigma0^2 (1 - (1-s)^2), equilibrium N(0, sigma0^2 I)."""
 
@@ -318,7 +394,7 @@ class VE(ForwardProcess):
         return {"kind": self.kind, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
 
 
-PROCESS_KINDS: dict[str, type[ForwardProcess]] = {p.kind: p for p in (VP, VPCosine, SL, VE)}
+PROCESS_KINDS: dict[str, type[ForwardProcess]] = {p.kind: p for p in (VP, VPCosine, SL, VE, DiscreteVP)}
 
 
 def process_from_spec(spec: dict[str, Any]) -> ForwardProcess:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -143,6 +144,32 @@ def load_checkpoint(session: Session, checkpoint_id: str | None, device: str) ->
                                       overrides=row.config or None)
     model = load_model((config, tensors), device=device)
     return LoadedCheckpoint(row.id, row.sha256, config, model, row.epoch)
+
+
+def to_model_range(loaded: LoadedDataset, model_range: tuple[float, float]
+                   ) -> tuple[LoadedDataset, dict[str, Any]]:
+    """The dataset mapped affinely from its stored value range onto `model_range` (a diffusers
+    UNet takes images in [-1, 1]: data stored as [0, 1] or [0, 255] are mapped there), and the
+    record {data, model, scale, shift} of the map x_model = scale * x + shift."""
+    src = loaded.data.value_range
+    if src is None:
+        raise JobInputError(f"dataset {loaded.dataset_id} records no value range, so it cannot be mapped to "
+                            f"the model's range {list(model_range)}; upload it with value_min/value_max")
+    lo, hi = float(src[0]), float(src[1])
+    a, b = float(model_range[0]), float(model_range[1])
+    scale = (b - a) / (hi - lo)
+    shift = a - lo * scale
+    target = (a, b)
+
+    def mapped(ds: DataSet) -> DataSet:
+        if scale == 1.0 and shift == 0.0:
+            return dataclasses.replace(ds, value_range=target)
+        return dataclasses.replace(ds, x=ds.x * scale + shift, value_range=target)
+
+    out = dataclasses.replace(loaded, data=mapped(loaded.data), train=mapped(loaded.train),
+                              test=mapped(loaded.test),
+                              eight_bit_range=None if loaded.eight_bit_range is None else target)
+    return out, {"data": [lo, hi], "model": [a, b], "scale": scale, "shift": shift}
 
 
 def check_fits(event_shape: tuple[int, ...], data: DataSet) -> None:

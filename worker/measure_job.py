@@ -10,8 +10,9 @@ from sqlalchemy.orm import Session
 
 from core.contract import MeasureJobSpec
 from core.db import session_scope
+from models.pipelines.config import ARCH as DIFFUSERS_ARCH
 from worker.context import JobContext
-from worker.inputs import check_fits, load_checkpoint, load_dataset
+from worker.inputs import check_fits, load_checkpoint, load_dataset, to_model_range
 from worker.measurements import MeasurementContext, measure, store_measurement
 
 
@@ -25,6 +26,9 @@ def run_measure(ctx: JobContext) -> Callable[[Session], dict[str, Any]]:
         ckpt = load_checkpoint(session, spec.checkpoint_id, ctx.device)
         loaded = load_dataset(session, spec.dataset_id)
     check_fits(tuple(ckpt.config.event_shape), loaded.data)
+    value_map = None
+    if ckpt.config.network.get("arch") == DIFFUSERS_ARCH and ckpt.config.value_range is not None:
+        loaded, value_map = to_model_range(loaded, ckpt.config.value_range)  # docs/diffusers.md
     process = ckpt.config.build_process()
     ctx.check_canceled()
     ctx.reporter.report("measuring", fraction=0.1, force=True)
@@ -33,7 +37,7 @@ def run_measure(ctx: JobContext) -> Callable[[Session], dict[str, Any]]:
     context = MeasurementContext(
         split=spec.measurement.split, process=process.spec(), network=ckpt.config.network,
         training=(ckpt.config.provenance or {}).get("training"), device=ctx.device,
-        parametrization=ckpt.config.parametrization)
+        parametrization=ckpt.config.parametrization, value_range=value_map)
 
     def commit(session: Session) -> dict[str, Any]:
         row = store_measurement(session, result, owner_id=ctx.owner_id, job_id=ctx.job_id,

@@ -48,7 +48,8 @@ class MeasurementContext:
     network: dict[str, Any] | None
     training: dict[str, Any] | None
     device: str
-    parametrization: str  # entropy_matching | score | noise
+    parametrization: str  # entropy_matching | scaled_entropy_matching | score | noise | v_prediction | sample
+    value_range: dict[str, Any] | None = None  # the data -> model range map, when one was applied
 
 
 @dataclass
@@ -184,6 +185,7 @@ def store_measurement(
         code_version=code_version(),
         torch_version=torch.__version__,
         torch_threads=torch.get_num_threads(),
+        value_range=context.value_range,
         checkpoint_id=checkpoint_id,
         epoch=epoch,
     )

@@ -37,12 +37,17 @@ CREATE_OPENAPI: dict[str, Any] = {
             "pickles and zips (torch.save, TorchScript) get 415. The header is checked (lengths, "
             "offsets, dtypes, shapes) and the tensors are compared with the architecture: a "
             "mismatch gets 422 listing the first offending tensors in `offending_tensors`. The "
-            "body is capped at MAX_UPLOAD_BYTES while it streams in (413)."),
+            "body is capped at MAX_UPLOAD_BYTES while it streams in (413). Or: a diffusers pipeline "
+            "folder (save_pretrained: unet/ + scheduler/) as one .zip or .tar(.gz), recognised by its "
+            "content, stored with source 'diffusers' (docs/diffusers.md): .bin weights, '..' or "
+            "absolute members and links get 422; unpacked sizes over MAX_ARCHIVE_UNPACKED_BYTES 413; "
+            "a UNet over MAX_NETWORK_PARAMETERS 422."),
         "content": {"multipart/form-data": {"schema": {
             "type": "object", "required": ["file"],
             "properties": {
                 "file": {"type": "string", "format": "binary",
-                         "description": "The .safetensors checkpoint."},
+                         "description": "The .safetensors checkpoint, or a .zip/.tar(.gz) "
+                                        "diffusers pipeline folder."},
                 "config": {"type": "string", "description": CONFIG_FIELD_DESCRIPTION},
             },
         }}},
@@ -52,7 +57,8 @@ CREATE_OPENAPI: dict[str, Any] = {
 
 @router.post(
     "", status_code=201, response_model=CheckpointPublic, openapi_extra=CREATE_OPENAPI,
-    summary="Upload a checkpoint (.safetensors with the config in its metadata)",
+    summary="Upload a checkpoint (.safetensors with the config in its metadata, or a diffusers "
+            "pipeline as .zip/.tar)",
     responses=problem_responses(401, 413, 415, 422),
 )
 async def create_checkpoint(request: Request, response: Response, session: SessionDep,
@@ -98,8 +104,8 @@ def _replay(session: Session, owner: Owner, checkpoint_id: str,
             summary="List your checkpoints (newest first)", responses=problem_responses(401, 422))
 def list_checkpoints(
     session: SessionDep, owner: CurrentOwner, limit: Limit = 50, offset: Offset = 0,
-    source: Annotated[Literal["upload", "training"] | None,
-                      Query(description="Only uploaded, or only training-made, checkpoints.")]
+    source: Annotated[Literal["upload", "training", "diffusers"] | None,
+                      Query(description="Only uploaded, training-made or diffusers checkpoints.")]
     = None,
     job_id: Annotated[str | None, Query(description="Only those made by this train job.")] = None,
 ) -> Page[CheckpointPublic]:

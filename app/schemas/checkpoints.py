@@ -27,16 +27,19 @@ class CheckpointPublic(BaseModel):
     id: str
     config: dict[str, Any] = Field(
         description="The normalised config stored in the file's metadata: format_version, network "
-        "(arch and every field), parametrization (entropy_matching | score | noise), process (spec "
+        "(arch and every field), parametrization (entropy_matching | scaled_entropy_matching | score | noise "
+        "| v_prediction | sample), process (spec "
         "with every field), event_shape, value_range, num_classes, provenance.")
     parametrization: str = Field(description="How the network output is read: entropy_matching "
-                                 "(e_theta), score, or noise (score = -eps / Sigma(s)).")
-    arch: str = Field(description="Network architecture: mlp | unet.")
+                                 "(e_theta), score, noise (score = -eps / Sigma(s); diffusers' epsilon), "
+                                 "v_prediction or sample (docs/diffusers.md).")
+    arch: str = Field(description="Network architecture: mlp | unet | diffusers_unet2d.")
     event_shape: list[int] = Field(description="Shape of one data point: [D] or [C, H, W].")
     num_classes: int | None = Field(description="Class count of a class-conditional network.")
     sha256: str = Field(description="sha256 of the stored .safetensors file (the download).")
     size_bytes: int = Field(description="Size of the stored file in bytes.")
-    source: Literal["upload", "training"] = Field(description="Uploaded or made by a train job.")
+    source: Literal["upload", "training", "diffusers"] = Field(
+        description="Uploaded (.safetensors), made by a train job, or a diffusers pipeline archive.")
     job_id: str | None = Field(description="The train job that produced it (source = training).")
     epoch: int | None = Field(description="Epoch at which training saved it (source = training).")
     download_url: str = Field(description="Where to GET the .safetensors file.")

@@ -9,6 +9,7 @@ checkpoints train jobs register through `worker.checkpoints.store_checkpoint`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from models.checkpoints.io import (
     read_checkpoint,
     write_checkpoint,
 )
+from models.pipelines.archive import ArchiveLimits, ArchiveTooLarge, archive_kind, read_pipeline
 
 ACTIVE_STATUSES = (JobStatus.queued.value, JobStatus.running.value)
 FORM_FIELDS = ("config",)
@@ -55,6 +57,9 @@ def checkpoint_public(row: Checkpoint) -> CheckpointPublic:
 # ---- creation ----
 def problem_from(exc: CheckpointError, limit: int) -> ProblemError:
     """The HTTP problem for a refused checkpoint: 413 size, 415 other formats, 422 otherwise."""
+    if isinstance(exc, ArchiveTooLarge):
+        return ProblemError(413, "Content Too Large", str(exc), "file", reason=exc.code, limit=exc.limit,
+                            limit_setting=exc.setting)
     if isinstance(exc, CheckpointTooLarge):
         return too_large(limit)
     if isinstance(exc, NotSafetensors):
@@ -85,9 +90,19 @@ def parse_config_field(fields: dict[str, str]) -> dict[str, Any] | None:
 
 def create_from_upload(session: Session, store: ArtifactStore, settings: Settings, owner: Owner,
                        upload: ReceivedUpload) -> Checkpoint:
-    """Validate the staged upload and store its canonical form; nothing is stored on failure."""
+    """Validate the staged upload and store its canonical form; nothing is stored on failure.
+
+    A .zip / .tar(.gz) (recognised by its first bytes) is a diffusers pipeline folder
+    (`create_from_pipeline`); anything else must be a safetensors checkpoint."""
     assert upload.file_path is not None
     overrides = parse_config_field(upload.fields)
+    with Path(upload.file_path).open("rb") as f:
+        kind = archive_kind(f.read(512))
+    if kind is not None:
+        if overrides is not None:
+            raise unprocessable("the 'config' field applies to .safetensors uploads; a pipeline archive "
+                                "carries its own unet/config.json and scheduler/scheduler_config.json", "config")
+        return create_from_pipeline(session, store, settings, owner, upload)
     limit = settings.max_upload_bytes
     data = Path(upload.file_path).read_bytes()
     try:
@@ -114,6 +129,33 @@ def check_before_building(data: bytes, limit: int, overrides: dict[str, Any] | N
         return  # read_checkpoint explains what is missing
     config = CheckpointConfig.from_dict(merge_config(base, overrides))
     check_network_size(config.network_config(), settings)
+
+
+def create_from_pipeline(session: Session, store: ArtifactStore, settings: Settings, owner: Owner,
+                         upload: ReceivedUpload) -> Checkpoint:
+    """A diffusers pipeline archive -> a checkpoint with source "diffusers" (docs/diffusers.md).
+
+    The archive is read member by member with its caps (`models.pipelines.archive`); the UNet's
+    parameter count is checked before any weight is allocated, its tensors against the architecture
+    (`models.pipelines.convert`). What is stored is our canonical safetensors file: the UNet's weights
+    under diffusers' names, with the derived config (network, discrete process, parametrization) in
+    its metadata. Any refusal stores nothing."""
+    from models.pipelines.convert import pipeline_checkpoint  # imports diffusers on first use
+
+    assert upload.file_path is not None
+    limits = ArchiveLimits(max_members=settings.max_archive_members,
+                           max_unpacked_bytes=settings.max_archive_unpacked_bytes)
+    try:
+        files = read_pipeline(Path(upload.file_path), limits)
+        config, tensors, _ = pipeline_checkpoint(files, max_parameters=settings.max_network_parameters,
+                                                 max_bytes=settings.max_archive_unpacked_bytes)
+        config = dataclasses.replace(config, provenance={
+            **config.provenance, "archive_sha256": upload.sha256, "archive_root": files.root})
+        canonical = write_checkpoint(tensors, config, check=False)
+    except CheckpointError as exc:
+        raise problem_from(exc, settings.max_upload_bytes) from None
+    del files, tensors
+    return _store(session, store, owner.id, canonical, config.to_dict(), source="diffusers")
 
 
 def _store(session: Session, store: ArtifactStore, owner_id: str, blob: bytes,

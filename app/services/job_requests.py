@@ -37,6 +37,7 @@ from core.settings import Settings
 from core.tables import Checkpoint, Dataset, Owner
 from models.entropy.estimators import MeasurementConfig
 from models.networks import MLPConfig, default_network_config, network_config_from_dict
+from models.pipelines.config import ARCH as DIFFUSERS_ARCH
 from models.processes import ForwardProcess, process_from_spec
 
 ResolvedSpec = TrainJobSpec | MeasureJobSpec | SampleJobSpec
@@ -219,9 +220,16 @@ def resolve_measure(session: Session, owner: Owner, req: MeasureJobCreate, setti
     config = checkpoint.config or {}
     want = tuple(int(d) for d in config.get("event_shape") or ())
     have = event_shape_of(dataset)
+    diffusers = (config.get("network") or {}).get("arch") == DIFFUSERS_ARCH
     if want and want != have:
+        what = (f" (a diffusers UNet2DModel with in_channels {want[0]} and sample_size "
+                f"{want[1] if want[1] == want[2] else list(want[1:])})" if diffusers and len(want) == 3 else "")
         raise unprocessable(f"dataset {dataset.id} has samples of shape {list(have)} but "
-                            f"checkpoint {checkpoint.id} takes {list(want)}", "dataset_id")
+                            f"checkpoint {checkpoint.id} takes {list(want)}{what}", "dataset_id")
+    if diffusers and config.get("value_range") and not dataset.value_range:
+        raise unprocessable(f"dataset {dataset.id} records no value range, so it cannot be mapped to the "
+                            f"diffusers model's range {config['value_range']}; upload it with "
+                            "value_min/value_max", "dataset_id")
     if config.get("num_classes") and dataset.num_classes is None:
         raise unprocessable(f"checkpoint {checkpoint.id} is class-conditional but dataset "
                             f"{dataset.id} has no labels", "dataset_id")

@@ -11,21 +11,25 @@ from torch import nn
 
 from models.networks.mlp import MLPConfig, PaperMLP
 from models.networks.unet import UNet, UNetConfig
+from models.pipelines.config import ARCH as DIFFUSERS_ARCH
+from models.pipelines.config import DiffusersUNetConfig
 
-NetworkConfig = MLPConfig | UNetConfig
+NetworkConfig = MLPConfig | UNetConfig | DiffusersUNetConfig
 
 
 def network_config_from_dict(d: dict[str, Any]) -> NetworkConfig:
     """Inverse of `config.to_dict()`; unknown "arch" or fields raise ValueError."""
     params = dict(d)
     arch = params.pop("arch", "mlp")
+    if arch == DIFFUSERS_ARCH:  # a diffusers UNet2DModel (models.pipelines)
+        return DiffusersUNetConfig.from_dict(params)
     cls: type[MLPConfig] | type[UNetConfig]
     if arch == "mlp":
         cls = MLPConfig
     elif arch == "unet":
         cls = UNetConfig
     else:
-        raise ValueError(f"unknown network arch {arch!r}; expected 'mlp' or 'unet'")
+        raise ValueError(f"unknown network arch {arch!r}; expected 'mlp', 'unet' or '{DIFFUSERS_ARCH}'")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(params) - known)
     if unknown:
@@ -45,6 +49,10 @@ def build_network(config: NetworkConfig) -> nn.Module:
         return PaperMLP(config)
     if isinstance(config, UNetConfig):
         return UNet(config)
+    if isinstance(config, DiffusersUNetConfig):
+        from models.pipelines.unet2d import build_unet  # imports diffusers: only when needed
+
+        return build_unet(config)
     raise TypeError(f"not a network config: {config!r}")
 
 
