@@ -1,7 +1,8 @@
 """The FastAPI app: `create_app(settings)`; `app` (for `uvicorn app.main:app`) is built lazily.
 
 /healthz, /readyz, /metrics, /docs and /openapi.json need no key; everything under /v1 needs
-`Authorization: Bearer <key>`; the dashboard under /ui/ (app.ui) signs browsers in with a cookie. Errors are RFC 9457 problem documents (app.errors).
+`Authorization: Bearer <key>`; the dashboard under /ui/ (app.ui) signs browsers in with a
+cookie. Errors are RFC 9457 problem documents (app.errors).
 """
 
 from __future__ import annotations

@@ -212,10 +212,9 @@ def render(chart: Chart) -> Rendered:
                     continue
                 assert y is not None
                 px, py = sx(x), sy(y)
-                e = s.err[i] if s.err is not None else None
-                if _finite(e):
-                    assert e is not None
-                    y1, y2 = sy(y - e), sy(y + e)
+                bar = s.err[i] if s.err is not None else None
+                if bar is not None and math.isfinite(bar):
+                    y1, y2 = sy(y - bar), sy(y + bar)
                     parts.append(f'<path class="errbar {c}" d="M{_r(px)} {_r(y1)}V{_r(y2)}'
                                  f'M{_r(px - 4)} {_r(y1)}h8M{_r(px - 4)} {_r(y2)}h8"/>')
                 parts.append(f'<circle class="dot {c}" cx="{_r(px)}" cy="{_r(py)}" r="3.5"/>')
