@@ -181,14 +181,14 @@ def render(chart: Chart) -> Rendered:
     ]
     x_ticks = log_ticks(x_lo, x_hi) if chart.x_log else linear_ticks(x_lo, x_hi)
     for t in x_ticks:
-        x = sx(t)
-        parts.append(f'<line class="grid" x1="{_r(x)}" x2="{_r(x)}" y1="{TOP}" '
-                     f'y2="{HEIGHT - BOTTOM}"/><text class="tick" x="{_r(x)}" '
+        tx = sx(t)
+        parts.append(f'<line class="grid" x1="{_r(tx)}" x2="{_r(tx)}" y1="{TOP}" '
+                     f'y2="{HEIGHT - BOTTOM}"/><text class="tick" x="{_r(tx)}" '
                      f'y="{HEIGHT - BOTTOM + 16}" text-anchor="middle">{fmt(t)}</text>')
     for t in linear_ticks(y_lo, y_hi):
-        y = sy(t)
-        parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{_r(y)}" '
-                     f'y2="{_r(y)}"/><text class="tick" x="{LEFT - 6}" y="{_r(y + 4)}" '
+        ty = sy(t)
+        parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{_r(ty)}" '
+                     f'y2="{_r(ty)}"/><text class="tick" x="{LEFT - 6}" y="{_r(ty + 4)}" '
                      f'text-anchor="end">{fmt(t)}</text>')
     parts.append(f'<text class="axis-label" x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 6}" '
                  f'text-anchor="middle">{escape(chart.x_label)}</text>')
@@ -229,13 +229,13 @@ def render(chart: Chart) -> Rendered:
         })
     # legend, top-left inside the plot
     for i, s in enumerate(chart.series):
-        y = TOP + 14 + 16 * i
+        ly = TOP + 14 + 16 * i
         c = f"c{s.color % N_COLORS}"
-        mark = (f'<circle class="dot {c}" cx="{LEFT + 18}" cy="{y - 4}" r="3.5"/>'
+        mark = (f'<circle class="dot {c}" cx="{LEFT + 18}" cy="{ly - 4}" r="3.5"/>'
                 if s.style == "points" else
                 f'<path class="line {c}{" dashed" if s.style == "dashed" else ""}" '
-                f'd="M{LEFT + 8} {y - 4}h20"/>')
-        parts.append(f'<g class="legend">{mark}<text x="{LEFT + 34}" y="{y}">'
+                f'd="M{LEFT + 8} {ly - 4}h20"/>')
+        parts.append(f'<g class="legend">{mark}<text x="{LEFT + 34}" y="{ly}">'
                      f'{escape(s.name)}</text></g>')
     parts.append('<g class="cursor" hidden><line class="cursor-line" x1="0" x2="0" '
                  f'y1="{TOP}" y2="{HEIGHT - BOTTOM}"/></g>')

@@ -163,7 +163,7 @@ def job_page(job_id: str, request: Request, session: SessionDep, ui: UiSessionDe
             summary = MeasurementSummary.model_validate(measured.summary)
         milestones.append({"epoch": m.epoch, "measurement_id": m.measurement_id,
                            "checkpoint_id": m.checkpoint_id, "summary": summary})
-    return page(request, "job.html", ui, job=job, row=views.job_row(job), chart=chart,
+    return page(request, "job.html", ui, job=job, row=views.job_row(job), conv_chart=chart,
                 milestones=milestones, conv=job.convergence,
                 has_grid=job.status == "succeeded" and bool(stored.samples_png_sha256),
                 request_json=json.dumps(job.request.model_dump(mode="json"), indent=2))
@@ -249,7 +249,8 @@ def sweeps_page(request: Request, session: SessionDep, ui: UiSessionDep,
 def sweep_page(sweep_id: str, request: Request, session: SessionDep, ui: UiSessionDep) -> Response:
     doc = sweeps_service.sweep_public(session, sweeps_service.get_owned(session, ui.owner,
                                                                         sweep_id))
-    return page(request, "sweep.html", ui, sweep=doc, chart=views.sweep_chart(doc.table, doc.fits))
+    return page(request, "sweep.html", ui, sweep=doc,
+                sweep_chart=views.sweep_chart(doc.table, doc.fits))
 
 
 # ---- data sets and checkpoints ----

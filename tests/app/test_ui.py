@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from app.ui.auth import KEY_COOKIE, NONCE_COOKIE
-from core.tables import Job
+from core.tables import Job, Measurement
 from tests.app.helpers import MIXTURE
 from tests.app.test_measurements import SUMMARY, insert_measurement
 
@@ -227,3 +227,59 @@ def test_job_list_filters_and_json(client: TestClient, owner_key: tuple[str, str
     assert client.get("/ui/api/jobs", params={"status": "failed"}).json()["total"] == 1
     html = client.get("/ui/jobs", params={"status": "running"}).text
     assert html.count('data-job="') == 1 and "1 min 15 s" in html
+
+
+def test_train_job_page_shows_the_verdict_and_trajectory(client: TestClient,
+                                                         owner_key: tuple[str, str],
+                                                         session: Session) -> None:
+    conv = {"verdict": "not_converged", "tolerance": 0.02, "relative_drift": 0.031,
+            "relative_drift_stderr": 0.004, "level_nats": 1.2,
+            "extrapolated": {"epoch": 16, "nats": 1.237}, "window": [2, 8],
+            "reason": "S_NN still rises", "stopped_at_epoch": None,
+            "trajectory": [{"epoch": e, "nats": 1.0 + 0.05 * i, "stderr": 0.003}
+                           for i, e in enumerate((1, 2, 4, 8))]}
+    job = submit_job(client, owner_key[1], session, status="running", convergence=conv)
+    sign_in(client, owner_key[1])
+    r = client.get(f"/ui/jobs/{job.id}")
+    assert r.status_code == 200, r.text
+    assert "not converged" in r.text and "+3.10 % ± 0.40 %" in r.text
+    data = [json.loads(m) for m in re.findall(
+        r'<script type="application/json" class="chart-data" data-for="[^"]+">(.*?)</script>',
+        r.text, re.S)]
+    assert data[0]["series"][0]["x"] == [1, 2, 4, 8]
+    assert data[0]["series"][0]["y"] == [1.0, 1.05, 1.1, 1.15]
+    assert data[0]["series"][1]["name"] == "trend against log(epoch)"
+
+
+def test_sweep_page_plots_s_nn_against_n_with_the_fit(client: TestClient,
+                                                      owner_key: tuple[str, str],
+                                                      session: Session) -> None:
+    auth = {"Authorization": f"Bearer {owner_key[1]}"}
+    dataset_id = client.post("/v1/datasets", json=MIXTURE, headers=auth).json()["id"]
+    r = client.post("/v1/sweeps", headers=auth, json={
+        "base": {"dataset_id": dataset_id, "training": {"epochs": 2}},
+        "grid": {"n_train": [50, 100, 200]}})
+    assert r.status_code == 202, r.text
+    sweep = r.json()
+    for k, point in enumerate(sweep["jobs"]):
+        mid, _ = insert_measurement(session, owner_key[0])
+        row = session.get(Job, point["id"])
+        assert row is not None
+        row.status, row.measurement_id = "succeeded", mid
+        measured = session.get(Measurement, mid)
+        assert measured is not None
+        ne = dict(SUMMARY["neural_entropy"])  # type: ignore[call-overload]
+        ne["nats"] = 1.0 + 0.1 * k
+        measured.summary = {**SUMMARY, "neural_entropy": ne}
+    session.commit()
+    sign_in(client, owner_key[1])
+    assert sweep["id"] in client.get("/ui/sweeps").text
+    r = client.get(f"/ui/sweeps/{sweep['id']}")
+    assert r.status_code == 200, r.text
+    data = json.loads(re.search(r'class="chart-data" data-for="chart-sweep">(.*?)</script>',
+                                r.text, re.S).group(1))  # type: ignore[union-attr]
+    names = [s["name"] for s in data["series"]]
+    assert names[0].startswith("S_NN ") and names[1].startswith("fit ")
+    assert data["series"][0]["x"] == [50, 100, 200]
+    assert data["series"][0]["y"] == pytest.approx([1.0, 1.1, 1.2])
+    assert "Fits S_NN = a + b ln N" in r.text and r.text.count("(final)") == 3
