@@ -23,8 +23,8 @@ MIXTURE = {"kind": "gaussian_mixture", "n_components": 3, "dim": 2, "n_samples":
 NETWORK = {"arch": "mlp", "width": 64, "hidden_widths": [64, 64]}
 # a few seconds of training on one CPU core: milestones give the job three measurements
 TRAIN = {"type": "train", "network": NETWORK,
-         "training": {"epochs": 24, "batch_size": 64, "lr": 1e-3, "milestones": [6, 12]},
-         "measurement": {"n_times": 64, "n_samples": 4096}}
+         "training": {"epochs": 8, "batch_size": 64, "lr": 1e-3, "milestones": [2, 4]},
+         "measurement": {"n_times": 32, "n_samples": 2048}}
 LONG = {**TRAIN, "training": {"epochs": 5000, "batch_size": 64, "milestones": []}}
 JOB_TIMEOUT_MS = 240_000
 NUMBER = r"(-?[0-9.]+(?:e[-+]?[0-9]+)?)"
@@ -104,9 +104,10 @@ def test_sign_in_watch_a_job_and_read_its_curve(browser: Any, ui_stack: UiStack,
     while time.monotonic() < deadline:
         status = row.locator('[data-field="status"]').inner_text()
         seen.add(status)
-        if status == "running" and not shot and row.locator("progress").get_attribute("value"):
+        if status == "running" and not shot:  # the first sight, then one with progress shown
+            value = row.locator("progress").get_attribute("value")
             page.screenshot(path=str(screenshot_dir / "jobs-running.png"))
-            shot = True
+            shot = value is not None and float(value) > 0
         if status in ("succeeded", "failed", "canceled"):
             break
         time.sleep(0.25)
