@@ -283,3 +283,21 @@ def test_sweep_page_plots_s_nn_against_n_with_the_fit(client: TestClient,
     assert data["series"][0]["x"] == [50, 100, 200]
     assert data["series"][0]["y"] == pytest.approx([1.0, 1.1, 1.2])
     assert "Fits S_NN = a + b ln N" in r.text and r.text.count("(final)") == 3
+
+
+def test_data_set_lists_with_image_previews(client: TestClient, owner_key: tuple[str, str],
+                                            other_key: tuple[str, str]) -> None:
+    auth = {"Authorization": f"Bearer {owner_key[1]}"}
+    digits = client.post("/v1/datasets", json={"kind": "digits"}, headers=auth).json()
+    mixture = client.post("/v1/datasets", json=MIXTURE, headers=auth).json()
+    sign_in(client, owner_key[1])
+    html = client.get("/ui/datasets").text
+    assert digits["id"] in html and mixture["id"] in html
+    assert f"/ui/datasets/{digits['id']}/preview.png" in refs_of(html)
+    assert f"/ui/datasets/{mixture['id']}/preview.png" not in html
+    png = client.get(f"/ui/datasets/{digits['id']}/preview.png")
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert client.get(f"/ui/datasets/{mixture['id']}/preview.png").status_code == 404
+    assert "No checkpoints yet" in client.get("/ui/checkpoints").text
+    sign_in(client, other_key[1])
+    assert client.get(f"/ui/datasets/{digits['id']}/preview.png").status_code == 404

@@ -20,13 +20,13 @@ import pytest
 from tests.ui.conftest import UiStack
 
 MIXTURE = {"kind": "gaussian_mixture", "n_components": 3, "dim": 2, "n_samples": 1024, "seed": 0}
-NETWORK = {"arch": "mlp", "width": 64, "hidden_widths": [64, 64]}
-# a few seconds of training on one CPU core: milestones give the job three measurements
+NETWORK = {"arch": "mlp", "width": 32, "hidden_widths": [32, 32]}
+# seconds of work on one idle CPU core; the milestone gives the job a second measurement
 TRAIN = {"type": "train", "network": NETWORK,
-         "training": {"epochs": 8, "batch_size": 64, "lr": 1e-3, "milestones": [2, 4]},
-         "measurement": {"n_times": 32, "n_samples": 2048}}
+         "training": {"epochs": 4, "batch_size": 64, "lr": 1e-3, "milestones": [2]},
+         "measurement": {"n_times": 32, "n_samples": 1024}}
 LONG = {**TRAIN, "training": {"epochs": 5000, "batch_size": 64, "milestones": []}}
-JOB_TIMEOUT_MS = 240_000
+JOB_TIMEOUT_MS = 600_000  # generous: CI machines may be shared
 NUMBER = r"(-?[0-9.]+(?:e[-+]?[0-9]+)?)"
 
 
@@ -153,11 +153,11 @@ def test_sign_in_watch_a_job_and_read_its_curve(browser: Any, ui_stack: UiStack,
     page.goto(f"{stack.base_url}/ui/jobs/{job_id}")
     assert page.locator("#verdict").inner_text().strip()
     assert page.locator("#chart-convergence").is_visible()
-    assert page.locator("table").filter(has_text="Epoch").locator("tbody tr").count() == 2
+    assert page.locator("table").filter(has_text="Epoch").locator("tbody tr").count() == 1
 
-    # compare the two milestone measurements
+    # compare the milestone's measurement with the final one
     page.goto(f"{stack.base_url}/ui/measurements")
-    ids = [ms["measurement_id"] for ms in job["milestones"]]
+    ids = [job["milestones"][0]["measurement_id"], job["measurement_id"]]
     for mid in ids:
         page.locator(f"#pick-{mid}").check()
     page.get_by_role("button", name="Compare selected").click()
