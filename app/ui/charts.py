@@ -3,8 +3,9 @@
 `render(chart)` returns the `<svg>` markup (lines, ±2 stderr bands, error bars, axes, ticks,
 legend) and a JSON-ready dict that `static/ui.js` reads to show the values under the pointer (or
 under the arrow keys: the chart is focusable). Coordinates are in the SVG's own units
-(`WIDTH` x `HEIGHT`, scaled by CSS); x may be logarithmic. Values are rounded to 9 significant
-digits in the hover data and to 0.1 unit in the drawing.
+(`WIDTH` x `HEIGHT`, scaled by CSS); x may be logarithmic. Values are rounded to 7 significant
+digits in the hover data (one x list when the series share it) and to 0.1 unit in the drawing,
+where each line keeps only the vertices that can show at one unit per pixel column (`decimate`).
 """
 
 from __future__ import annotations
@@ -154,12 +155,41 @@ def _segments(xs: Sequence[float], ys: Sequence[float | None], sx: _Scale, sy: _
     return out
 
 
+def decimate(points: list[tuple[float, float]], column: float = 1.0) -> list[tuple[float, float]]:
+    """The vertices that can show at `column` units per pixel column: per column the first, the
+    lowest, the highest and the last point, in order (the drawn line looks the same)."""
+    if len(points) <= 4:
+        return points
+    out: list[tuple[float, float]] = []
+    bucket: list[tuple[float, float]] = []
+    key = None
+    for p in points:
+        k = int(p[0] // column)
+        if k != key and bucket:
+            out.extend(_extremes(bucket))
+            bucket = []
+        key = k
+        bucket.append(p)
+    out.extend(_extremes(bucket))
+    return out
+
+
+def _extremes(bucket: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    if len(bucket) <= 4:
+        return bucket
+    lo = min(range(len(bucket)), key=lambda i: bucket[i][1])
+    hi = max(range(len(bucket)), key=lambda i: bucket[i][1])
+    keep = sorted({0, lo, hi, len(bucket) - 1})
+    return [bucket[i] for i in keep]
+
+
 def _path(points: list[tuple[float, float]]) -> str:
     return "M" + "L".join(f"{_r(x)} {_r(y)}" for x, y in points)
 
 
-def _round9(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(f"{v:.9g}")
+def _round7(v: float | None) -> float | None:
+    """7 significant digits: more than the read-out's 6, and a smaller page."""
+    return None if v is None or not math.isfinite(v) else float(f"{v:.7g}")
 
 
 def render(chart: Chart) -> Rendered:
@@ -195,6 +225,9 @@ def render(chart: Chart) -> Rendered:
     parts.append(f'<text class="axis-label" transform="translate(14 {(TOP + HEIGHT - BOTTOM) / 2})'
                  f' rotate(-90)" text-anchor="middle">{escape(chart.y_label)}</text>')
     hover_series = []
+    first = list(chart.series[0].xs) if chart.series else []
+    shared_x = ([_round7(x) for x in first]
+                if all(list(s.xs) == first for s in chart.series[1:]) else None)
     for s in chart.series:
         c = f"c{s.color % N_COLORS}"
         if s.err is not None and s.style != "points":
@@ -205,7 +238,8 @@ def render(chart: Chart) -> Rendered:
                   for y, e in zip(s.ys, s.err, strict=True)]
             for seg_lo, seg_hi in zip(_segments(s.xs, lo, sx, sy, chart.x_log),
                                       _segments(s.xs, hi, sx, sy, chart.x_log), strict=False):
-                parts.append(f'<path class="band {c}" d="{_path(seg_hi + seg_lo[::-1])}Z"/>')
+                upper, lower = decimate(seg_hi), decimate(seg_lo)
+                parts.append(f'<path class="band {c}" d="{_path(upper + lower[::-1])}Z"/>')
         if s.style == "points":
             for i, (x, y) in enumerate(zip(s.xs, s.ys, strict=True)):
                 if not _finite(x) or not _finite(y) or (chart.x_log and x <= 0):
@@ -221,11 +255,12 @@ def render(chart: Chart) -> Rendered:
         else:
             dash = " dashed" if s.style == "dashed" else ""
             for seg in _segments(s.xs, s.ys, sx, sy, chart.x_log):
-                parts.append(f'<path class="line {c}{dash}" d="{_path(seg)}"/>')
+                parts.append(f'<path class="line {c}{dash}" d="{_path(decimate(seg))}"/>')
         hover_series.append({
             "name": s.name, "color": s.color % N_COLORS, "err_label": s.err_label,
-            "x": [_round9(x) for x in s.xs], "y": [_round9(y) for y in s.ys],
-            "err": None if s.err is None else [_round9(e) for e in s.err],
+            "x": None if shared_x is not None else [_round7(x) for x in s.xs],
+            "y": [_round7(y) for y in s.ys],
+            "err": None if s.err is None else [_round7(e) for e in s.err],
         })
     # legend, top-left inside the plot
     for i, s in enumerate(chart.series):
@@ -246,6 +281,6 @@ def render(chart: Chart) -> Rendered:
         "plot": {"left": LEFT, "right": WIDTH - RIGHT, "top": TOP, "bottom": HEIGHT - BOTTOM,
                  "width": WIDTH, "height": HEIGHT},
         "x_domain": [sx.lo, sx.hi], "y_domain": [sy.lo, sy.hi],
-        "series": hover_series, **chart.extra,
+        "x": shared_x, "series": hover_series, **chart.extra,
     }
     return Rendered(Markup("".join(parts)), data)

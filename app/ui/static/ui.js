@@ -41,25 +41,27 @@
       return c;
     });
     var ref = data.series[0], index = -1;
+    function xsOf(s) { return s.x || data.x; }
+    var refX = xsOf(ref);
     function px(x) {
       var u = data.x_log ? Math.log10(x) : x;
       return p.left + (u - xd[0]) / (xd[1] - xd[0]) * (p.right - p.left);
     }
     function py(y) { return p.bottom - (y - yd[0]) / (yd[1] - yd[0]) * (p.bottom - p.top); }
     function show(i) {
-      if (i < 0 || i >= ref.x.length) return;
+      if (i < 0 || i >= refX.length) return;
       index = i;
-      var x = ref.x[i], parts = [data.x_label + " = " + fmt(x)];
+      var x = refX[i], parts = [data.x_label + " = " + fmt(x)];
       line.setAttribute("x1", px(x)); line.setAttribute("x2", px(x));
       data.series.forEach(function (s, k) {
-        var j = s === ref ? i : nearest(s.x, x), m = markers[k];
+        var sx = xsOf(s), j = s === ref || sx === refX ? i : nearest(sx, x), m = markers[k];
         if (j < 0 || s.y[j] === null) { m.setAttribute("hidden", ""); return; }
         var text = s.name + " = " + fmt(s.y[j]);
         if (s.err && s.err[j] !== null) text += " ± " + fmt(s.err[j]) + " (" + s.err_label + ")";
-        if (s !== ref && s.x[j] !== x) text += " at " + fmt(s.x[j]);
+        if (sx[j] !== x) text += " at " + fmt(sx[j]);
         parts.push(text);
         m.removeAttribute("hidden");
-        m.setAttribute("cx", px(s.x[j])); m.setAttribute("cy", py(s.y[j]));
+        m.setAttribute("cx", px(sx[j])); m.setAttribute("cy", py(s.y[j]));
       });
       cursor.removeAttribute("hidden");
       out.textContent = parts.join(" · ");
@@ -70,11 +72,11 @@
       var vx = (ev.clientX - r.left) * p.width / r.width;
       if (vx < p.left || vx > p.right) return;
       var u = xd[0] + (vx - p.left) / (p.right - p.left) * (xd[1] - xd[0]);
-      show(nearest(ref.x, data.x_log ? Math.pow(10, u) : u));
+      show(nearest(refX, data.x_log ? Math.pow(10, u) : u));
     });
-    svg.addEventListener("focus", function () { if (index < 0) show(ref.x.length >> 1); });
+    svg.addEventListener("focus", function () { if (index < 0) show(refX.length >> 1); });
     svg.addEventListener("keydown", function (ev) {
-      var n = ref.x.length, step = ev.shiftKey ? Math.max(1, Math.round(n / 10)) : 1, i = index;
+      var n = refX.length, step = ev.shiftKey ? Math.max(1, Math.round(n / 10)) : 1, i = index;
       if (ev.key === "ArrowRight") i = Math.min(n - 1, index + step);
       else if (ev.key === "ArrowLeft") i = Math.max(0, index - step);
       else if (ev.key === "Home") i = 0;
