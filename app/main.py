@@ -1,7 +1,8 @@
 """The FastAPI app: `create_app(settings)`; `app` (for `uvicorn app.main:app`) is built lazily.
 
 /healthz, /readyz, /metrics, /docs and /openapi.json need no key; everything under /v1 needs
-`Authorization: Bearer <key>`. Errors are RFC 9457 problem documents (app.errors).
+`Authorization: Bearer <key>`; the dashboard under /ui/ (app.ui) signs browsers in with a
+cookie. Errors are RFC 9457 problem documents (app.errors).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from app.routes import (
     workers,
 )
 from app.services.metrics import LatencyMiddleware, Metrics
+from app.ui import install_ui
 from core import queue as rq_client
 from core.artifacts import store_for
 from core.db import engine_for
@@ -114,6 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (health.router, datasets.router, jobs.router, sweeps.router,
                    measurements.router, compare.router, checkpoints.router, workers.router):
         app.include_router(router)
+    install_ui(app)
     _install_openapi(app)
     return app
 

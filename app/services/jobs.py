@@ -196,6 +196,23 @@ def list_owned(session: Session, owner: Owner, status: str | None, job_type: str
     return newest_first_page(session, Job, conds, limit, offset)
 
 
+def sample_grids(session: Session, owner: Owner, checkpoint_ids: Sequence[str]) -> dict[str, str]:
+    """checkpoint id -> the newest succeeded sample job of the owner with a PNG grid of it."""
+    if not checkpoint_ids:
+        return {}
+    rows = session.execute(
+        select(Job.input_checkpoint_id, Job.id).where(
+            Job.owner_id == owner.id, Job.type == "sample",
+            Job.status == JobStatus.succeeded.value, Job.samples_png_sha256.is_not(None),
+            Job.input_checkpoint_id.in_(list(checkpoint_ids)))
+        .order_by(Job.created_at.desc(), Job.id.desc())).all()
+    out: dict[str, str] = {}
+    for checkpoint_id, job_id in rows:
+        if checkpoint_id is not None:
+            out.setdefault(checkpoint_id, job_id)
+    return out
+
+
 def cancel(session: Session, owner: Owner, job_id: str, connection: Redis | None) -> Job:
     """Ask a job to stop: a queued job is canceled now; a running one stops between steps."""
     job = get_owned(session, owner, job_id)

@@ -15,6 +15,7 @@ from app.schemas.measurements import (
     CurvePublic,
     MeasurementPublic,
 )
+from app.services.pages import newest_first_page
 from core.contract import MeasurementSummary, Reproducibility
 from core.tables import CurvePoint, Job, Measurement, Owner
 
@@ -26,6 +27,13 @@ def get_owned(session: Session, owner: Owner, measurement_id: str) -> Measuremen
     if row is None or row.owner_id != owner.id:
         raise not_found("measurement", measurement_id)
     return row
+
+
+def list_owned(session: Session, owner: Owner, limit: int, offset: int
+               ) -> tuple[list[Measurement], int]:
+    """A page of the owner's measurements, newest first."""
+    return newest_first_page(session, Measurement, [Measurement.owner_id == owner.id], limit,
+                             offset)
 
 
 def points_of(session: Session, measurement: Measurement) -> list[CurvePoint]:
