@@ -147,10 +147,12 @@ def main() -> None:
     p.add_argument("--n-data", type=int, default=8192)
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     p.add_argument("--json", help="write every run here")
-    p.add_argument("--from-json", help="only print the table of runs saved by --json")
+    p.add_argument("--from-json", help="only print the table of runs saved by --json "
+                   "(comma-separated files are put in one table)")
     args = p.parse_args()
     if args.from_json:
-        print(table(json.loads(Path(args.from_json).read_text()), [int(e) for e in args.report.split(",")]))
+        runs = [r for f in args.from_json.split(",") for r in json.loads(Path(f).read_text())]
+        print(table(runs, [int(e) for e in args.report.split(",")]))
         return
     tasks = [{"mixture": tuple(int(v) for v in m.split(":")), "process": proc, "recipe": rec,
               "epochs": args.epochs, "n_data": args.n_data, "threads": 1}
