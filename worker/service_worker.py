@@ -14,6 +14,8 @@
   row in the `workers` table every LEASE_SECONDS / 3 (queues, device, idle or busy with which
   job), which `GET /v1/workers` and the `waiting_for_worker` phase read; the row is removed on a
   clean stop.
+- The orphan sweep (`worker.sweeper.sweep`) at start-up and every SWEEP_INTERVAL_SECONDS, in a
+  third thread.
 - SIGTERM / SIGINT: a cold stop at once. The running horse is killed; its job stays `running` in
   the DB with its lease dropped, so the next reconciler pass of any worker re-enqueues it, and it
   resumes from its last saved training state. (RQ's default waits for the job to finish, which
@@ -43,6 +45,7 @@ from core.tables import Job, JobStatus, utcnow
 from core.workers import delete_dead_workers, remove_worker, renew_worker
 from worker.lease import renew_interval
 from worker.reconciler import reconcile
+from worker.sweeper import sweep
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,8 @@ class ServiceWorker(Worker):
             PeriodicTask(f"lease-{self.name}", renew_interval(self.lease_seconds),
                          self.renew_lease),
             PeriodicTask(f"reconciler-{self.name}", self.reconcile_interval, self.reconcile_now),
+            # its own thread: a slow sweep never delays a reconciler pass (the takeover bound)
+            PeriodicTask(f"sweeper-{self.name}", get_settings().sweep_interval_seconds, sweep),
         ]
         for task in self._tasks:
             task.start()

@@ -42,8 +42,8 @@ LEASE_SECONDS = 6.0  # renewed every 2 s; room for a starved CI box
 RECONCILE_INTERVAL_SECONDS = 1.0
 TAKEOVER_BOUND = LEASE_SECONDS + RECONCILE_INTERVAL_SECONDS
 SLACK_SECONDS = 15.0  # a reconciler pass, an RQ hand-over, a fork and a claim on a busy CI box
-JOB_TIMEOUT = 240.0
-EPOCHS = 12  # a training state every 2 epochs
+JOB_TIMEOUT = 600.0  # generous: a shared CI box can be slow; a pass takes ~20 s when idle
+EPOCHS = 8  # a training state after every epoch
 FINAL = {"succeeded", "failed", "canceled"}
 
 
@@ -180,7 +180,7 @@ def test_sigkilled_worker_is_taken_over_within_the_bound_with_an_identical_resul
     faults.wait_registered(*names)
     submit(job_id, faults.redis)
 
-    first = wait_training(job_id, faults, min_epoch=3)  # a training state was saved at epoch 2
+    first = wait_training(job_id, faults, min_epoch=2)  # a training state was saved at epoch 1
     victim_name = first.worker_name
     assert victim_name in names
     survivor_name = next(n for n in names if n != victim_name)
@@ -222,20 +222,20 @@ def test_sigkilled_worker_is_taken_over_within_the_bound_with_an_identical_resul
 
 
 def test_redis_flushed_while_a_train_job_runs_gives_exactly_one_run(faults: Faults) -> None:
-    job_id = new_train_job(milestones=[4, 8])
+    job_id = new_train_job(milestones=[3, 6])
     names = [f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"]
     for name in names:
         faults.start_worker(name)
     faults.wait_registered(*names)
     submit(job_id, faults.redis)
-    wait_training(job_id, faults, min_epoch=5)  # past the first milestone
+    wait_training(job_id, faults, min_epoch=4)  # past the first milestone
     faults.redis.flushdb()
     time.sleep(TAKEOVER_BOUND + 1.0)  # several reconciler passes of both workers see the flush
 
     done = wait_final(job_id, faults, live=tuple(names))
     assert done.status == "succeeded", (done.error, faults.logs())
     assert done.attempts == 1, faults.logs()  # one run: nobody took the live run over
-    assert counts(job_id) == {"checkpoints": 3, "measurements": 3, "milestones": [4, 8]}
+    assert counts(job_id) == {"checkpoints": 3, "measurements": 3, "milestones": [3, 6]}
     assert all(p.poll() is None for p in faults.workers.values()), faults.logs()
 
     # and the workers still serve jobs after the flush
@@ -251,13 +251,13 @@ def test_redis_flushed_while_a_train_job_runs_gives_exactly_one_run(faults: Faul
 def test_a_run_taken_over_while_alive_stops_at_its_next_write(faults: Faults) -> None:
     """Take the job over by hand while its first run trains (as a reconciler that wrongly judged
     it lost would): the second run resumes, the first is fenced out, and nothing is doubled."""
-    job_id = new_train_job(milestones=[4, 8])
+    job_id = new_train_job(milestones=[3, 6])
     names = [f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"]
     for name in names:
         faults.start_worker(name)
     faults.wait_registered(*names)
     submit(job_id, faults.redis)
-    first = wait_training(job_id, faults, min_epoch=5)
+    first = wait_training(job_id, faults, min_epoch=4)
     with session_scope() as session:
         taken = session.execute(update(Job).where(
             Job.id == job_id, Job.status == JobStatus.running.value, Job.attempts == 1,
@@ -270,6 +270,6 @@ def test_a_run_taken_over_while_alive_stops_at_its_next_write(faults: Faults) ->
     done = wait_final(job_id, faults, live=tuple(names))
     assert done.status == "succeeded", (done.error, faults.logs())
     assert done.attempts == 2
-    assert counts(job_id) == {"checkpoints": 3, "measurements": 3, "milestones": [4, 8]}
+    assert counts(job_id) == {"checkpoints": 3, "measurements": 3, "milestones": [3, 6]}
     first_log = (faults.log_dir / f"{first.worker_name}.log").read_text()
     assert "superseded" in first_log, faults.logs()

@@ -66,8 +66,17 @@ def production_stack(short_dir: Path, external_redis_url: str, postgres_probe: s
         admin.dispose()
 
 
+def _live_cpu_workers(c) -> list[dict]:
+    return c.get("/v1/workers").json()["queues"]["cpu"]
+
+
 def _train_and_fetch_curve(stack: Stack) -> None:
     with stack.client() as c:
+        # the worker process announces itself (its lease row): listed on cpu, computing on cpu
+        assert wait_until(lambda: len(_live_cpu_workers(c)) == 1, 60), stack.log_text()
+        listed = _live_cpu_workers(c)[0]
+        assert listed["device"] == "cpu" and listed["queues"] == ["cpu"]
+        assert c.get("/v1/workers").json()["queues"]["gpu"] == []
         r = c.post("/v1/datasets", json=MIXTURE)
         assert r.status_code == 201, r.text
         dataset_id = r.json()["id"]
