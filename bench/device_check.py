@@ -167,8 +167,12 @@ def worker_end_to_end(sizes: Sizes, dry: bool) -> list[Row]:
                               "seed": 0},
                  "measurement": {"n_times": 32, "n_samples": sizes.n_samples, "seed": 0}}
         t0 = time.perf_counter()
-        ids = {q: c.post("/v1/jobs", json={**train, "queue": q}).json()["id"]
-               for q in ("gpu", "cpu")}
+        ids = {}
+        for q in ("gpu", "cpu"):
+            r = c.post("/v1/jobs", json={**train, "queue": q})
+            if r.status_code != 202:
+                raise SystemExit(f"the {q} train job was refused: {r.status_code} {r.text}")
+            ids[q] = r.json()["id"]
         docs = {q: _wait(c, job_id, data_dir) for q, job_id in ids.items()}
         for q, doc in docs.items():
             if doc["status"] != "succeeded":
@@ -190,12 +194,14 @@ def worker_end_to_end(sizes: Sizes, dry: bool) -> list[Row]:
         rows.append(Row("S_NN nats: gpu vs cpu (± stderr)",
                         f"{g['nats']:.4f} ± {g['stderr']:.4f} vs {k['nats']:.4f} ± {k['stderr']:.4f}",
                         f"{'ok' if z <= 3 else 'FAIL'} ({z:.2f} combined stderr)"))
-        m = c.post("/v1/jobs", json={"type": "measure", "queue": "gpu",
+        r = c.post("/v1/jobs", json={"type": "measure", "queue": "gpu",
                                      "checkpoint_id": docs["gpu"]["checkpoint_id"],
-                                     "dataset_id": dataset_id, "process": VP,
+                                     "dataset_id": dataset_id,
                                      "measurement": {"n_times": 32, "n_samples": sizes.n_samples,
-                                                     "seed": 1}}).json()
-        mdoc = _wait(c, m["id"], data_dir)
+                                                     "seed": 1}})
+        if r.status_code != 202:
+            raise SystemExit(f"the measure job was refused: {r.status_code} {r.text}")
+        mdoc = _wait(c, r.json()["id"], data_dir)
         ok = mdoc["status"] == "succeeded" and str(mdoc["device"]).startswith(expected)
         val = "-"
         if mdoc["status"] == "succeeded":
@@ -322,8 +328,8 @@ def main() -> int:
         print(f"... {title}", flush=True)
         try:
             rows.extend(part())
-        except SystemExit as exc:
-            rows.append(Row(title, "did not finish", f"FAIL: {str(exc)[:300]}"))
+        except (SystemExit, Exception) as exc:  # noqa: BLE001 - the table still prints
+            rows.append(Row(title, "did not finish", f"FAIL: {type(exc).__name__}: {str(exc)[:300]}"))
         print(f"    {time.perf_counter() - t0:.0f} s", flush=True)
     width = max(len(r.check) for r in rows)
     vwidth = max(len(r.value) for r in rows)
