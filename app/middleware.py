@@ -9,8 +9,8 @@
   * a JSON body over MAX_JSON_BODY_BYTES (`413`),
   * a JSON body with a non-finite number (`Infinity`, `-Infinity`, `NaN`, or a literal such as
     `1e400` that overflows a double) or a NUL character in any string (`422`).
-  Accepted JSON bodies are replayed to the route unchanged, except that integral numbers
-  written as floats (`2.0`, `1e3`) become integers, as JSON Schema counts them.
+  Accepted JSON bodies are replayed unchanged to the route (whose models are strict: an
+  integer field takes neither `"100"`, `true` nor `2.0`).
 """
 
 from __future__ import annotations
@@ -73,22 +73,11 @@ def _refuse_constant(name: str) -> float:
     raise _NonFinite(f"non-finite number {name} is not valid JSON")
 
 
-class _Numbers:
-    """`parse_float` for `json.loads`: refuses literals that overflow a double, and turns
-    integral literals (`345.0`, `1e3`) into integers, as JSON Schema counts them as integers
-    (the models are strict: a float is never taken for an integer field)."""
-
-    def __init__(self) -> None:
-        self.rewrote = False
-
-    def __call__(self, text: str) -> float | int:
-        value = float(text)
-        if not math.isfinite(value):
-            raise _NonFinite(f"number {text} is out of the range of a double")
-        if value.is_integer():
-            self.rewrote = True
-            return int(value)
-        return value
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(f"number {text} is out of the range of a double")
+    return value
 
 
 def _find_nul(value: Any, path: str = "") -> str | None:
@@ -156,11 +145,11 @@ class RequestGuard:
             if len(body) > self.max_json_bytes:
                 await self._too_large(send)
                 return
-        problem, rewritten = self._check(bytes(body))
+        problem = self._check(bytes(body))
         if problem is not None:
             await send_problem(send, 422, "Unprocessable Content", problem[1], field=problem[0])
             return
-        await self.app(scope, _replay(rewritten or bytes(body), receive), send)
+        await self.app(scope, _replay(bytes(body), receive), send)
 
     async def _too_large(self, send: Send) -> None:
         await send_problem(send, 413, "Content Too Large",
@@ -169,23 +158,21 @@ class RequestGuard:
                            limit=self.max_json_bytes, limit_setting="MAX_JSON_BODY_BYTES")
 
     @staticmethod
-    def _check(body: bytes) -> tuple[tuple[str, str] | None, bytes | None]:
-        """((field, reason) when the body is refused, the body rewritten with integral numbers
-        as integers when that changed anything). Not JSON at all: (None, None), and the route's
-        own validation answers 422."""
-        numbers = _Numbers()
+    def _check(body: bytes) -> tuple[str, str] | None:
+        """(field, reason) when the body is refused; None also when it is not JSON at all (the
+        route's own validation then answers 422)."""
         try:
-            doc = json.loads(body, parse_constant=_refuse_constant, parse_float=numbers)
+            doc = json.loads(body, parse_constant=_refuse_constant, parse_float=_parse_float)
         except _NonFinite as exc:
-            return ("body", str(exc)), None
+            return "body", str(exc)
         except RecursionError:
-            return ("body", "the JSON document is nested too deeply"), None
+            return "body", "the JSON document is nested too deeply"
         except ValueError:
-            return None, None
+            return None
         where = _find_nul(doc)
         if where is not None:
-            return (where, "NUL characters are not allowed in strings"), None
-        return None, json.dumps(doc).encode() if numbers.rewrote else None
+            return where, "NUL characters are not allowed in strings"
+        return None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -39,8 +39,9 @@ JOB = {"type": "train", "training": {"epochs": 1, "batch_size": 40},
 
 
 @contextlib.contextmanager
-def embedded_stack() -> Iterator[tuple[str, str]]:
-    """(base URL, API key) of a fresh `python -m runner` in a temporary DATA_DIR."""
+def embedded_stack(keep_env: tuple[str, ...] = ()) -> Iterator[tuple[str, str]]:
+    """(base URL, API key) of a fresh `python -m runner` in a temporary DATA_DIR; `keep_env`
+    names variables (e.g. DATABASE_URL, REDIS_URL) passed on instead of dropped."""
     data_dir = Path(tempfile.mkdtemp(prefix="ne-bench-"))
     import socket
 
@@ -48,7 +49,7 @@ def embedded_stack() -> Iterator[tuple[str, str]]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items()
-           if k not in ("DATABASE_URL", "REDIS_URL", "ARTIFACT_DIR")}
+           if k not in ("DATABASE_URL", "REDIS_URL", "ARTIFACT_DIR") or k in keep_env}
     env.update(DATA_DIR=str(data_dir), PORT=str(port))
     log = (data_dir / "run.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "runner"], cwd=ROOT, env=env,

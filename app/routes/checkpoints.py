@@ -24,7 +24,7 @@ from app.services.blobs import blob_response
 from app.services.http_cache import NOT_MODIFIED_DOC, cache_headers, etag_for, not_modified
 from app.services.idempotency import REPLAY_HEADER, IdempotencyKeyHeader, check_key
 from app.services.uploads import receive_multipart
-from core.tables import Owner
+from core.tables import Checkpoint
 
 router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
 
@@ -65,13 +65,9 @@ async def create_checkpoint(request: Request, response: Response, session: Sessi
                             owner: CurrentOwner, settings: SettingsDep,
                             store: ArtifactStoreDep,
                             idempotency_key: IdempotencyKeyHeader = None) -> CheckpointPublic:
-    """`Idempotency-Key`: a retry returns the first checkpoint (201, same id), matched on the
-    key alone; the file is not read again."""
+    """`Idempotency-Key`: a retry returns the first checkpoint (201, same id); the same key with
+    another body is a 422."""
     key = check_key(idempotency_key)
-    if key is not None:
-        prior = await run_in_threadpool(idempotency.find, session, owner, key, ENDPOINT, None)
-        if prior is not None:
-            return await run_in_threadpool(_replay, session, owner, prior.resource_id, response)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "multipart/form-data":
         raise ProblemError(415, "Unsupported Media Type",
@@ -79,12 +75,18 @@ async def create_checkpoint(request: Request, response: Response, session: Sessi
                            "(and optionally a JSON 'config' field)", "content-type")
     with store.staging_file(".safetensors") as staging:
         upload = await receive_multipart(request, settings.max_upload_bytes, staging)
+        fp = idempotency.upload_fingerprint(upload.fields, upload.sha256)
+        prior = await run_in_threadpool(idempotency.prior_resource, session, owner, key,
+                                        ENDPOINT, fp, Checkpoint)
+        if prior is not None:
+            return await run_in_threadpool(_replay, prior, response)
         row = await run_in_threadpool(service.create_from_upload, session, store, settings,
                                       owner, upload)
     checkpoint_id, replayed = await run_in_threadpool(
-        idempotency.commit_or_replay, session, owner, key, ENDPOINT, None, row.id, 201)
+        idempotency.commit_or_replay, session, owner, key, ENDPOINT, fp, row.id, 201)
     if replayed:
-        return await run_in_threadpool(_replay, session, owner, checkpoint_id, response)
+        winner = await run_in_threadpool(service.get_owned, session, owner, checkpoint_id)
+        return await run_in_threadpool(_replay, winner, response)
     response.headers["Location"] = f"/v1/checkpoints/{row.id}"
     return service.checkpoint_public(row)
 
@@ -92,9 +94,7 @@ async def create_checkpoint(request: Request, response: Response, session: Sessi
 ENDPOINT = "POST /v1/checkpoints"
 
 
-def _replay(session: Session, owner: Owner, checkpoint_id: str,
-            response: Response) -> CheckpointPublic:
-    row = service.get_owned(session, owner, checkpoint_id)
+def _replay(row: Checkpoint, response: Response) -> CheckpointPublic:
     response.headers["Location"] = f"/v1/checkpoints/{row.id}"
     response.headers[REPLAY_HEADER] = "true"
     return service.checkpoint_public(row)

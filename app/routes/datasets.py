@@ -26,7 +26,7 @@ from app.services import idempotency
 from app.services.blobs import blob_response
 from app.services.idempotency import REPLAY_HEADER, IdempotencyKeyHeader, check_key
 from app.services.uploads import check_content_length, receive_multipart, too_large
-from core.tables import Owner
+from core.tables import Dataset
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -83,18 +83,19 @@ async def create_dataset(request: Request, response: Response, session: SessionD
                          owner: CurrentOwner, settings: SettingsDep,
                          store: ArtifactStoreDep,
                          idempotency_key: IdempotencyKeyHeader = None) -> DatasetPublic:
-    """`Idempotency-Key`: a retry returns the first data set (201, same id); a multipart retry
-    is matched on the key alone and its file is not read again."""
+    """`Idempotency-Key`: a retry returns the first data set (201, same id); the same key with
+    another body is a 422."""
     key = check_key(idempotency_key)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     fp: str | None = None
-    if content_type == "multipart/form-data" and key is not None:
-        prior = await run_in_threadpool(idempotency.find, session, owner, key, ENDPOINT, None)
-        if prior is not None:
-            return await run_in_threadpool(_replay, session, owner, prior.resource_id, response)
     if content_type == "multipart/form-data":
         with store.staging_file(".upload") as staging:
             upload = await receive_multipart(request, settings.max_upload_bytes, staging)
+            fp = idempotency.upload_fingerprint(upload.fields, upload.sha256)
+            prior = await run_in_threadpool(idempotency.prior_resource, session, owner, key,
+                                            ENDPOINT, fp, Dataset)
+            if prior is not None:
+                return await run_in_threadpool(_replay, session, prior, response)
             row = await run_in_threadpool(service.create_from_upload, session, store, settings,
                                           owner, upload)
     elif content_type == "application/json":
@@ -104,9 +105,10 @@ async def create_dataset(request: Request, response: Response, session: SessionD
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False)) from None
         fp = idempotency.fingerprint(spec)
-        prior = await run_in_threadpool(idempotency.find, session, owner, key, ENDPOINT, fp)
+        prior = await run_in_threadpool(idempotency.prior_resource, session, owner, key,
+                                        ENDPOINT, fp, Dataset)
         if prior is not None:
-            return await run_in_threadpool(_replay, session, owner, prior.resource_id, response)
+            return await run_in_threadpool(_replay, session, prior, response)
         if isinstance(spec, GaussianMixtureCreate):
             row = await run_in_threadpool(service.create_mixture, session, store, settings, owner,
                                           spec)
@@ -121,7 +123,8 @@ async def create_dataset(request: Request, response: Response, session: SessionD
     dataset_id, replayed = await run_in_threadpool(
         idempotency.commit_or_replay, session, owner, key, ENDPOINT, fp, row.id, 201)
     if replayed:
-        return await run_in_threadpool(_replay, session, owner, dataset_id, response)
+        winner = await run_in_threadpool(service.get_owned, session, owner, dataset_id)
+        return await run_in_threadpool(_replay, session, winner, response)
     response.headers["Location"] = f"/v1/datasets/{row.id}"
     return doc
 
@@ -129,8 +132,7 @@ async def create_dataset(request: Request, response: Response, session: SessionD
 ENDPOINT = "POST /v1/datasets"
 
 
-def _replay(session: Session, owner: Owner, dataset_id: str, response: Response) -> DatasetPublic:
-    row = service.get_owned(session, owner, dataset_id)
+def _replay(session: Session, row: Dataset, response: Response) -> DatasetPublic:
     response.headers["Location"] = f"/v1/datasets/{row.id}"
     response.headers[REPLAY_HEADER] = "true"
     return service.public(session, row)

@@ -8,15 +8,17 @@ the same key with a different endpoint or a different JSON body is refused with 
 concurrent first requests with one key: the unique (owner, key) row lets one commit; the other
 rolls back everything it added and answers as a replay of the winner.
 
-Multipart uploads are matched on the key alone (their body is not fingerprinted), so a retry
-does not even re-read the file.
+The fingerprint of a JSON request is the sha256 of its validated body; of a multipart upload,
+the sha256 of its form fields and its file's sha256. A key whose resource has since been deleted
+is forgotten, and the request creates a new one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import string
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Header
 from pydantic import BaseModel
@@ -68,12 +70,35 @@ def find(session: Session, owner: Owner, key: str | None, endpoint: str,
     row = session.get(IdempotencyKey, (owner.id, key))
     if row is None:
         return None
-    if row.endpoint != endpoint or (fp is not None and row.fingerprint not in (None, fp)):
+    if row.endpoint != endpoint or row.fingerprint != fp:
         raise ProblemError(
             422, "Unprocessable Content",
             f"Idempotency-Key {key!r} was already used for a different request "
             f"({row.endpoint}); use a new key", "Idempotency-Key")
     return row
+
+
+Row = TypeVar("Row")
+
+
+def prior_resource(session: Session, owner: Owner, key: str | None, endpoint: str,
+                   fp: str | None, table: type[Row]) -> Row | None:
+    """The resource (a row of `table`) the first request with `key` created, or None (no such
+    request, or its resource is gone: then the key is forgotten)."""
+    row = find(session, owner, key, endpoint, fp)
+    if row is None:
+        return None
+    resource = session.get(table, row.resource_id)
+    if resource is None:
+        forget(session, owner, key)
+        session.flush()
+    return resource
+
+
+def upload_fingerprint(fields: dict[str, str], file_sha256: str | None) -> str:
+    """The fingerprint of a multipart upload: its form fields and its file's sha256."""
+    return fingerprint(json.dumps({"fields": fields, "file": file_sha256},
+                                  sort_keys=True).encode())
 
 
 def remember(session: Session, owner: Owner, key: str | None, endpoint: str, fp: str | None,

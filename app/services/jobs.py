@@ -158,11 +158,9 @@ def submit(session: Session, owner: Owner, req: JobRequest, settings: Settings,
     so nothing after the commit can turn a persisted, queued job into an error answer.
     """
     fp = idempotency.fingerprint(req)
-    prior = idempotency.find(session, owner, idempotency_key, SUBMIT_ENDPOINT, fp)
+    prior = idempotency.prior_resource(session, owner, idempotency_key, SUBMIT_ENDPOINT, fp, Job)
     if prior is not None:
-        job = session.get(Job, prior.resource_id)
-        if job is not None:
-            return job_public(session, job), True
+        return job_public(session, prior), True
     check_queued_cap(session, owner, settings)
     job = new_job(session, owner, req, settings, choose_queue(req.queue, connection))
     session.flush()

@@ -166,11 +166,10 @@ def submit(session: Session, owner: Owner, req: SweepCreate, settings: Settings,
     `Idempotency-Key`. The whole sweep counts as one submission against
     MAX_QUEUED_JOBS_PER_OWNER (429 + Retry-After)."""
     fp = idempotency.fingerprint(req)
-    prior = idempotency.find(session, owner, idempotency_key, SUBMIT_ENDPOINT, fp)
+    prior = idempotency.prior_resource(session, owner, idempotency_key, SUBMIT_ENDPOINT, fp,
+                                       Sweep)
     if prior is not None:
-        existing = session.get(Sweep, prior.resource_id)
-        if existing is not None:
-            return sweep_public(session, existing), True
+        return sweep_public(session, prior), True
     _check_request(req, settings)
     jobs_service.check_queued_cap(session, owner, settings)
     dataset = get_dataset(session, owner, req.base.dataset_id, "base.dataset_id")

@@ -65,12 +65,12 @@ def test_network_overrides_keep_their_json_type(api: TestClient, dataset: dict[s
 @pytest.mark.parametrize(("section", "value", "field"), [
     ({"training": {"epochs": "100"}}, None, "training.epochs"),
     ({"training": {"epochs": True}}, None, "training.epochs"),
-    ({"training": {"epochs": 2.5}}, None, "training.epochs"),
+    ({"training": {"epochs": 2.0}}, None, "training.epochs"),
     ({"training": {"lr": "0.001"}}, None, "training.lr"),
     ({"measurement": {"seed": 2**32}}, None, "measurement.seed"),
     ({"training": {"seed": 2**64}}, None, "training.seed"),
     ({"subset_seed": -1}, None, "subset_seed"),
-], ids=["epochs-string", "epochs-bool", "epochs-fraction", "lr-string", "seed-2^32", "seed-2^64",
+], ids=["epochs-string", "epochs-bool", "epochs-float", "lr-string", "seed-2^32", "seed-2^64",
         "subset-seed-negative"])
 def test_strict_types_and_seed_range(api: TestClient, dataset: dict[str, Any], state: State,
                                      section: dict[str, Any], value: Any, field: str) -> None:
@@ -97,16 +97,6 @@ def test_json_body_over_the_cap_is_413(api: TestClient, state: State) -> None:
     assert len(big) > 4 * 1024 * 1024
     r = api.post("/v1/datasets", content=big, headers={"Content-Type": "application/json"})
     _refused(r, state, before, 413)
-
-
-def test_integral_floats_count_as_integers_as_in_json_schema(api: TestClient,
-                                                             dataset: dict[str, Any]) -> None:
-    body = (f'{{"type": "train", "dataset_id": "{dataset["id"]}", '
-            '"training": {"epochs": 3.0, "seed": 1e1}}')
-    r = api.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
-    assert r.status_code == 202, r.text
-    assert (r.json()["request"]["training"]["epochs"], r.json()["request"]["training"]["seed"]) \
-        == (3, 10)
 
 
 def test_405_lists_every_method_of_the_path(client: TestClient) -> None:

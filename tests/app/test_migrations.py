@@ -65,4 +65,29 @@ def test_fencing_migration_adds_and_removes_the_workers_table(tmp_path: Path) ->
     columns = {c["name"] for c in inspect(engine).get_columns("workers")}
     assert columns == {"name", "hostname", "pid", "queues", "device", "state", "current_job_id",
                        "started_at", "heartbeat_at"}
+
+
+def test_0004_makes_owner_names_unique_and_adds_idempotency_keys(tmp_path: Path) -> None:
+    """Owners that share a name keep it for the oldest; the others get ' (2)', ' (3)'."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'm4.sqlite3'}"
+    cfg = alembic_config(url)
+    command.upgrade(cfg, "0003")
+    engine = make_engine(url)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    with engine.begin() as conn:
+        for i, name in enumerate(["ann", "ann", "bob", "ann", "ann (2)"]):
+            conn.execute(text("INSERT INTO owners (id, name, created_at) VALUES (:i, :n, :t)"),
+                         {"i": f"own_{i}", "n": name, "t": t0 + timedelta(minutes=i)})
+    command.upgrade(cfg, "0004")
+    with engine.connect() as conn:
+        names = dict(conn.execute(text("SELECT id, name FROM owners")).all())
+    assert names == {"own_0": "ann", "own_1": "ann (3)", "own_2": "bob", "own_3": "ann (4)",
+                     "own_4": "ann (2)"}
+    assert "idempotency_keys" in inspect(engine).get_table_names()
+    command.downgrade(cfg, "0003")
+    assert "idempotency_keys" not in inspect(engine).get_table_names()
     engine.dispose()
