@@ -54,6 +54,7 @@ class LoadedDataset:
     mixture: GaussianMixture | None
     split: DatasetSplit
     eight_bit_range: tuple[float, float] | None  # scaled range of 8-bit source data
+    source_dtype: str | None = None  # dtype of the uploaded array ("uint8": 8-bit levels)
 
     def part(self, name: str) -> DataSet:
         """The `train` or `test` part ("test" falls back to all data when the split left none)."""
@@ -108,7 +109,7 @@ def load_dataset(session: Session, dataset_id: str | None) -> LoadedDataset:
     if row.mixture:
         mixture = GaussianMixture(row.mixture["weights"], row.mixture["means"], row.mixture["stds"])
     return LoadedDataset(row.id, row.sha256, data, train, test, mixture, split,
-                         eight_bit_range=_eight_bit_range(row))
+                         eight_bit_range=_eight_bit_range(row), source_dtype=row.source_dtype)
 
 
 def _eight_bit_range(row: Dataset) -> tuple[float, float] | None:
@@ -149,9 +150,12 @@ def load_checkpoint(session: Session, checkpoint_id: str | None, device: str) ->
 def to_model_range(loaded: LoadedDataset, model_range: tuple[float, float]
                    ) -> tuple[LoadedDataset, dict[str, Any]]:
     """The dataset mapped affinely from its stored value range onto `model_range` (a diffusers
-    UNet takes images in [-1, 1]: data stored as [0, 1] or [0, 255] are mapped there), and the
+    UNet takes images in [-1, 1]: data stored as [0, 1] or [0, 255] are mapped there; 8-bit
+    data kept unscaled without a recorded range are taken as [0, 255]), and the
     record {data, model, scale, shift} of the map x_model = scale * x + shift."""
     src = loaded.data.value_range
+    if src is None and loaded.source_dtype == "uint8":
+        src = (0.0, 255.0)  # 8-bit levels kept unscaled (scale "none")
     if src is None:
         raise JobInputError(f"dataset {loaded.dataset_id} records no value range, so it cannot be mapped to "
                             f"the model's range {list(model_range)}; upload it with value_min/value_max")

@@ -249,6 +249,10 @@ _WANTED_SUFFIXES = tuple(WANTED)
 
 def _pick(found: dict[str, bytes], names: list[str]) -> PipelineFiles:
     """The save_pretrained layout at the top or inside one folder."""
+    files = [n for n in names if n and n != "."]
+    dup = next((n for n in files if files.count(n) > 1 and n.endswith(_WANTED_SUFFIXES)), None)
+    if dup is not None:
+        raise bad(f"the archive holds {dup!r} more than once", "bad_layout")
     roots = sorted({n[: -len(UNET_CONFIG)] for n in names if n == UNET_CONFIG or n.endswith("/" + UNET_CONFIG)})
     if not roots:
         raise bad(f"the archive has no {UNET_CONFIG}: upload the folder written by save_pretrained "
