@@ -42,6 +42,16 @@ def points_of(session: Session, measurement: Measurement) -> list[CurvePoint]:
         .order_by(CurvePoint.idx)).all())
 
 
+def curve_columns(session: Session, measurement: Measurement) -> dict[str, list[float | None]]:
+    """The curve as columns (`CURVE_COLUMNS` -> values in idx order), read without building ORM
+    objects (a page draws thousands of points)."""
+    cols = [getattr(CurvePoint, c) for c in CURVE_COLUMNS]
+    rows = session.execute(select(*cols).where(CurvePoint.measurement_id == measurement.id)
+                           .order_by(CurvePoint.idx)).all()
+    return {c: [None if r[i] is None else float(r[i]) for r in rows]
+            for i, c in enumerate(CURVE_COLUMNS)}
+
+
 def _links(m: Measurement, job_type: str | None) -> dict[str, str]:
     links = {"self": f"/v1/measurements/{m.id}",
              "curve_json": f"/v1/measurements/{m.id}/curve?format=json",

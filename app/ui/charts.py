@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 from markupsafe import Markup, escape
 
 WIDTH, HEIGHT = 640, 300
@@ -112,79 +113,78 @@ class _Scale:
             v = math.log10(v)
         return self.a + (v - self.lo) / (self.hi - self.lo) * (self.b - self.a)
 
+    def array(self, v: np.ndarray) -> np.ndarray:
+        u = np.log10(v) if self.log else v
+        return self.a + (u - self.lo) / (self.hi - self.lo) * (self.b - self.a)
+
+
+def _array(values: Sequence[float | None]) -> np.ndarray:
+    """float64 values, None as NaN."""
+    return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _usable(x: np.ndarray, y: np.ndarray, x_log: bool) -> np.ndarray:
+    ok = np.isfinite(x) & np.isfinite(y)
+    if x_log:
+        ok &= x > 0
+    return ok
+
 
 def _extent(chart: Chart) -> tuple[float, float, float, float]:
-    xs: list[float] = []
-    ys: list[float] = []
-    k = chart.band_sigmas
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
     for s in chart.series:
-        sig = k if s.style != "points" else 1.0
-        for i, x in enumerate(s.xs):
-            y = s.ys[i]
-            if not _finite(x) or not _finite(y) or (chart.x_log and x <= 0):
-                continue
-            xs.append(x)
-            assert y is not None
-            e = s.err[i] if s.err is not None else None
-            if _finite(e):
-                assert e is not None
-                ys.extend((y - sig * e, y + sig * e))
-            else:
-                ys.append(y)
-    if not xs:
+        sig = chart.band_sigmas if s.style != "points" else 1.0
+        x, y = _array(s.xs), _array(s.ys)
+        ok = _usable(x, y, chart.x_log)
+        xs.append(x[ok])
+        ys.append(y[ok])
+        if s.err is not None:
+            e = _array(s.err)[ok]
+            has = np.isfinite(e)
+            ys.extend((y[ok][has] - sig * e[has], y[ok][has] + sig * e[has]))
+    x_all, y_all = np.concatenate(xs or [np.empty(0)]), np.concatenate(ys or [np.empty(0)])
+    if not x_all.size:
         return (1.0, 10.0, 0.0, 1.0) if chart.x_log else (0.0, 1.0, 0.0, 1.0)
-    y_lo, y_hi = min(ys), max(ys)
+    y_lo, y_hi = float(y_all.min()), float(y_all.max())
     pad = (y_hi - y_lo) * 0.05 or (abs(y_hi) * 0.05 or 1.0)
-    return min(xs), max(xs), y_lo - pad, y_hi + pad
+    return float(x_all.min()), float(x_all.max()), y_lo - pad, y_hi + pad
 
 
-def _segments(xs: Sequence[float], ys: Sequence[float | None], sx: _Scale, sy: _Scale,
-              x_log: bool) -> list[list[tuple[float, float]]]:
-    out: list[list[tuple[float, float]]] = []
-    cur: list[tuple[float, float]] = []
-    for x, y in zip(xs, ys, strict=True):
-        if not _finite(x) or not _finite(y) or (x_log and x <= 0):
-            if cur:
-                out.append(cur)
-            cur = []
-            continue
-        assert y is not None
-        cur.append((sx(x), sy(y)))
-    if cur:
-        out.append(cur)
-    return out
+def _segments(xs: Sequence[float | None], ys: Sequence[float | None], sx: _Scale, sy: _Scale,
+              x_log: bool) -> list[np.ndarray]:
+    """The runs of usable points as (n, 2) arrays of SVG coordinates (gaps split them)."""
+    x, y = _array(xs), _array(ys)
+    ok = _usable(x, y, x_log)
+    idx = np.flatnonzero(ok)
+    if not idx.size:
+        return []
+    pts = np.column_stack((sx.array(x[idx]), sy.array(y[idx])))
+    cuts = np.flatnonzero(np.diff(idx) > 1) + 1
+    return [seg for seg in np.split(pts, cuts) if len(seg)]
 
 
-def decimate(points: list[tuple[float, float]], column: float = 1.0) -> list[tuple[float, float]]:
-    """The vertices that can show at `column` units per pixel column: per column the first, the
-    lowest, the highest and the last point, in order (the drawn line looks the same)."""
-    if len(points) <= 4:
-        return points
-    out: list[tuple[float, float]] = []
-    bucket: list[tuple[float, float]] = []
-    key = None
-    for p in points:
-        k = int(p[0] // column)
-        if k != key and bucket:
-            out.extend(_extremes(bucket))
-            bucket = []
-        key = k
-        bucket.append(p)
-    out.extend(_extremes(bucket))
-    return out
+def decimate(points: np.ndarray, column: float = 1.0) -> np.ndarray:
+    """The vertices that can show at `column` units per pixel column: per run of points in one
+    column the first, the lowest, the highest and the last, in order (the line looks the same)."""
+    pts = np.asarray(points, dtype=np.float64)
+    n = len(pts)
+    if n <= 4:
+        return pts
+    keys = np.floor(pts[:, 0] / column)
+    new_run = np.r_[True, keys[1:] != keys[:-1]]
+    run = np.cumsum(new_run)
+    starts = np.flatnonzero(new_run)
+    ends = np.r_[starts[1:], n] - 1
+    by_low = np.lexsort((pts[:, 1], run))  # within each run, lowest y first
+    by_high = np.lexsort((-pts[:, 1], run))
+    firsts = np.r_[True, run[by_low][1:] != run[by_low][:-1]]
+    keep = np.unique(np.concatenate((starts, ends, by_low[firsts], by_high[firsts])))
+    return pts[keep]
 
 
-def _extremes(bucket: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    if len(bucket) <= 4:
-        return bucket
-    lo = min(range(len(bucket)), key=lambda i: bucket[i][1])
-    hi = max(range(len(bucket)), key=lambda i: bucket[i][1])
-    keep = sorted({0, lo, hi, len(bucket) - 1})
-    return [bucket[i] for i in keep]
-
-
-def _path(points: list[tuple[float, float]]) -> str:
-    return "M" + "L".join(f"{_r(x)} {_r(y)}" for x, y in points)
+def _path(points: np.ndarray) -> str:
+    return "M" + "L".join(f"{x:.1f} {y:.1f}" for x, y in points.tolist())
 
 
 def _round7(v: float | None) -> float | None:
@@ -231,15 +231,13 @@ def render(chart: Chart) -> Rendered:
     for s in chart.series:
         c = f"c{s.color % N_COLORS}"
         if s.err is not None and s.style != "points":
+            ys_arr, es_arr = _array(s.ys), _array(s.err)
             k = chart.band_sigmas
-            lo = [None if not (_finite(y) and _finite(e)) else y - k * e  # type: ignore[operator]
-                  for y, e in zip(s.ys, s.err, strict=True)]
-            hi = [None if not (_finite(y) and _finite(e)) else y + k * e  # type: ignore[operator]
-                  for y, e in zip(s.ys, s.err, strict=True)]
+            lo, hi = (ys_arr - k * es_arr).tolist(), (ys_arr + k * es_arr).tolist()
             for seg_lo, seg_hi in zip(_segments(s.xs, lo, sx, sy, chart.x_log),
                                       _segments(s.xs, hi, sx, sy, chart.x_log), strict=False):
-                upper, lower = decimate(seg_hi), decimate(seg_lo)
-                parts.append(f'<path class="band {c}" d="{_path(upper + lower[::-1])}Z"/>')
+                outline = np.concatenate((decimate(seg_hi), decimate(seg_lo)[::-1]))
+                parts.append(f'<path class="band {c}" d="{_path(outline)}Z"/>')
         if s.style == "points":
             for i, (x, y) in enumerate(zip(s.xs, s.ys, strict=True)):
                 if not _finite(x) or not _finite(y) or (chart.x_log and x <= 0):

@@ -191,8 +191,8 @@ def measurement_page(measurement_id: str, request: Request, session: SessionDep,
                      ui: UiSessionDep) -> Response:
     m = measurements_service.get_owned(session, ui.owner, measurement_id)
     doc = measurements_service.measurement_public(session, m)
-    points = measurements_service.points_of(session, m)
-    return page(request, "measurement.html", ui, m=doc, charts=views.measurement_charts(points),
+    curve = measurements_service.curve_columns(session, m)
+    return page(request, "measurement.html", ui, m=doc, charts=views.measurement_charts(curve),
                 reproducibility=doc.reproducibility.model_dump(mode="json"))
 
 

@@ -5,7 +5,7 @@ job list polls. No queries here (those stay in `app.services`)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.schemas.compare import ComparePublic
@@ -13,28 +13,24 @@ from app.schemas.jobs import JobPublic
 from app.schemas.sweeps import SweepFit, SweepRow
 from app.ui.charts import Chart, Rendered, Series, render
 from core.contract import Convergence
-from core.tables import CurvePoint
-
-
-def _col(points: Sequence[CurvePoint], name: str) -> list[float | None]:
-    return [None if getattr(p, name) is None else float(getattr(p, name)) for p in points]
 
 
 def _any(values: Sequence[float | None]) -> bool:
     return any(v is not None for v in values)
 
 
-def measurement_charts(points: Sequence[CurvePoint]) -> list[Rendered]:
-    """The rate chart (log s when every s > 0) and the cumulative chart, S_tot dashed."""
-    s = [float(p.s) for p in points]
+def measurement_charts(curve: Mapping[str, Sequence[float | None]]) -> list[Rendered]:
+    """The rate chart (log s when every s > 0) and the cumulative chart, S_tot dashed, from the
+    curve's columns (`app.services.measurements.curve_columns`)."""
+    s = [float(v) for v in curve["s"] if v is not None]
     x_log = bool(s) and min(s) > 0
-    rate = Series("dS_NN/ds", s, _col(points, "rate"), _col(points, "rate_stderr"))
-    cum_err = _col(points, "cumulative_stderr")
-    cum = Series("S_NN(s)", s, _col(points, "cumulative"), cum_err if _any(cum_err) else None)
+    rate = Series("dS_NN/ds", s, curve["rate"], curve["rate_stderr"])
+    cum_err = curve["cumulative_stderr"]
+    cum = Series("S_NN(s)", s, curve["cumulative"], cum_err if _any(cum_err) else None)
     rate_series, cum_series = [rate], [cum]
-    total_rate, total_cum = _col(points, "total_rate"), _col(points, "total_cumulative")
+    total_rate, total_cum = curve["total_rate"], curve["total_cumulative"]
     if _any(total_rate):
-        total_err = _col(points, "total_rate_stderr")
+        total_err = curve["total_rate_stderr"]
         rate_series.append(Series("dS_tot/ds", s, total_rate,
                                   total_err if _any(total_err) else None, "dashed", 3))
     if _any(total_cum):

@@ -25,7 +25,7 @@ from tests.e2e.procs import clean_env, free_port, http_ok, spawn, stop, wait_unt
 from tests.e2e.stack import new_key
 from tests.redis_fixtures import skip_or_fail_unavailable
 
-START_TIMEOUT = 120.0
+START_TIMEOUT = 300.0  # generous: shared CI machines start slowly
 
 
 def find_chromium() -> str | None:

@@ -30,6 +30,16 @@ JOB_TIMEOUT_MS = 600_000  # generous: CI machines may be shared
 NUMBER = r"(-?[0-9.]+(?:e[-+]?[0-9]+)?)"
 
 
+PAGE_TIMEOUT_MS = 120_000  # Playwright waits (default 30 s); generous for shared CI machines
+
+
+def new_context(browser: Any, **kwargs: Any) -> Any:
+    context = browser.new_context(**kwargs)
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
+    context.set_default_navigation_timeout(PAGE_TIMEOUT_MS)
+    return context
+
+
 def api(stack: UiStack, key: str | None = None) -> httpx.Client:
     return httpx.Client(base_url=stack.base_url, timeout=30.0,
                         headers={"Authorization": f"Bearer {key or stack.key}"})
@@ -67,7 +77,7 @@ def hover_plot(page: Any, chart_id: str, fraction: float) -> None:
 def test_sign_in_watch_a_job_and_read_its_curve(browser: Any, ui_stack: UiStack,
                                                 screenshot_dir: Path) -> None:
     stack = ui_stack
-    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    context = new_context(browser, viewport={"width": 1366, "height": 768})
     requests: list[str] = []
     context.on("request", lambda r: requests.append(r.url))
     page = context.new_page()
@@ -188,7 +198,7 @@ def test_csrf_refusal_in_the_browser(browser: Any, ui_stack: UiStack) -> None:
     with api(stack) as c:
         dataset_id = c.post("/v1/datasets", json=MIXTURE).json()["id"]
         job_id = c.post("/v1/jobs", json={**LONG, "dataset_id": dataset_id}).json()["id"]
-    context = browser.new_context()
+    context = new_context(browser)
     page = context.new_page()
     sign_in(page, stack, stack.key)
     status = page.evaluate(
@@ -211,7 +221,7 @@ def test_second_owner_sees_nothing_of_the_first(browser: Any, ui_stack: UiStack)
         jobs = c.get("/v1/jobs").json()["items"]
     theirs = {dataset_id, *(j["id"] for j in jobs),
               *(j["measurement_id"] for j in jobs if j["measurement_id"])}
-    context = browser.new_context()
+    context = new_context(browser)
     page = context.new_page()
     sign_in(page, stack, stack.other_key)
     for path in ("jobs", "measurements", "sweeps", "datasets", "checkpoints"):
