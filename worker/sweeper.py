@@ -123,8 +123,11 @@ def _files(directory: Path) -> Iterator[Path]:
 
 
 def sweep_staging_files(store: ArtifactStore, grace: float, report: SweepReport) -> None:
+    root = getattr(store, "root", None)
+    if not isinstance(root, Path):
+        return  # an object store has no staging directory (its uploads are multipart or single PUTs)
     now = time.time()
-    for path in _files(store.root / "tmp"):
+    for path in _files(root / "tmp"):
         if _older_than(path, grace, now):
             path.unlink(missing_ok=True)
             report.staging_files.append(path.name)
@@ -160,9 +163,10 @@ def sweep_blobs(store: ArtifactStore, grace: float, report: SweepReport) -> None
         for sha in stale_rows:
             if not _referenced(session, sha) and store.delete_if_unreferenced(session, sha):
                 report.blobs.append(sha)
-    if not store.root.is_dir():
-        return
-    for shard in store.root.iterdir():
+    root = getattr(store, "root", None)
+    if not isinstance(root, Path) or not root.is_dir():
+        return  # files without rows: only a directory store can hold them outside the rows' view
+    for shard in root.iterdir():
         if not (shard.is_dir() and len(shard.name) == 2):
             continue
         for path in shard.iterdir():

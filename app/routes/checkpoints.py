@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from sqlalchemy.orm import Session
 
 from app.deps import ArtifactStoreDep, CurrentOwner, SessionDep, SettingsDep
 from app.errors import ProblemError, problem_responses

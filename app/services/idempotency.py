@@ -97,8 +97,9 @@ def prior_resource(session: Session, owner: Owner, key: str | None, endpoint: st
 
 def upload_fingerprint(fields: dict[str, str], file_sha256: str | None) -> str:
     """The fingerprint of a multipart upload: its form fields and its file's sha256."""
-    return fingerprint(json.dumps({"fields": fields, "file": file_sha256},
-                                  sort_keys=True).encode())
+    fp = fingerprint(json.dumps({"fields": fields, "file": file_sha256}, sort_keys=True).encode())
+    assert fp is not None  # bytes always have one
+    return fp
 
 
 def remember(session: Session, owner: Owner, key: str | None, endpoint: str, fp: str | None,

@@ -16,7 +16,7 @@ import torch
 
 from app.errors import over_limit, unprocessable
 from core.settings import Settings
-from models.networks import MLPConfig, build_network
+from models.networks import MLPConfig, UNetConfig, build_network
 from models.networks.factory import NetworkConfig
 
 # fields whose default is None, and the JSON type they take otherwise
@@ -70,7 +70,11 @@ def layer_count(config: NetworkConfig) -> tuple[int, str]:
     """(depth, the field that sets it)."""
     if isinstance(config, MLPConfig):
         return len(config.hidden_widths), "network.hidden_widths"
-    return len(config.channel_mults) * config.num_res_blocks, "network.num_res_blocks"
+    if isinstance(config, UNetConfig):
+        return len(config.channel_mults) * config.num_res_blocks, "network.num_res_blocks"
+    unet = config.unet  # a diffusers UNet2DModel: blocks x layers per block
+    return (len(unet.get("block_out_channels", ())) * int(unet.get("layers_per_block", 1)),
+            "network.unet")
 
 
 def parameter_count(config: NetworkConfig) -> int:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from redis import Redis
 
@@ -25,6 +25,7 @@ from app.services import datasets as datasets_service
 from app.services import jobs as jobs_service
 from app.services import measurements as measurements_service
 from app.services import sweeps as sweeps_service
+from app.services.blobs import blob_response
 from app.ui import views
 from app.ui.auth import (
     MAX_KEY_CHARS,
@@ -171,9 +172,9 @@ def job_page(job_id: str, request: Request, session: SessionDep, ui: UiSessionDe
 
 @router.get("/jobs/{job_id}/samples.png")
 def job_samples_png(job_id: str, session: SessionDep, ui: UiSessionDep,
-                    store: ArtifactStoreDep) -> FileResponse:
+                    store: ArtifactStoreDep) -> Response:
     sha = jobs_service.samples_artifact(session, ui.owner, job_id, "png")
-    return FileResponse(store.path(sha), media_type="image/png")
+    return blob_response(session, store, sha, media_type="image/png", what="samples image")
 
 
 # ---- measurements ----

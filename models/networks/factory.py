@@ -52,7 +52,7 @@ def build_network(config: NetworkConfig) -> nn.Module:
     if isinstance(config, DiffusersUNetConfig):
         from models.pipelines.unet2d import build_unet  # imports diffusers: only when needed
 
-        return build_unet(config)
+        return build_unet(config)  # type: ignore[return-value]  # a torch Module (diffusers is untyped)
     raise TypeError(f"not a network config: {config!r}")
 
 

@@ -26,7 +26,7 @@ import tarfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from models.checkpoints.format import CheckpointError, CheckpointTooLarge, NotSafetensors
 
@@ -121,7 +121,7 @@ class _Budget:
                                "MAX_ARCHIVE_UNPACKED_BYTES)", cap, "MAX_ARCHIVE_UNPACKED_BYTES")
 
 
-def _read_bounded(stream: BinaryIO, declared: int, name: str) -> bytes:
+def _read_bounded(stream: IO[bytes], declared: int, name: str) -> bytes:
     """At most `declared` bytes (the member's declared size); more means a forged header."""
     data = stream.read(declared + 1)
     if len(data) != declared:

@@ -37,10 +37,10 @@ class DiffusersUNet(UNet2DModel):  # type: ignore[misc]
         return torch.round(t) if self.nets_timestep_input == "round" else t
 
     def forward(self, x: torch.Tensor, s: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
-        if self.config.num_class_embeds is not None and labels is None:
+        if self.config.num_class_embeds is not None and labels is None:  # type: ignore[attr-defined]
             raise ValueError("this UNet is class-conditional: labels are required")
         t = self.timestep(s.reshape(-1).expand(x.shape[0]) if s.numel() == 1 else s.reshape(-1))
-        out = super().forward(x, t, class_labels=labels if self.config.num_class_embeds is not None else None)
+        out = super().forward(x, t, class_labels=labels if self.config.num_class_embeds is not None else None)  # type: ignore[misc,attr-defined]
         return out.sample
 
 
@@ -54,4 +54,4 @@ def count_parameters(config: DiffusersUNetConfig) -> int:
     """Parameters of the architecture, counted on the meta device (nothing allocated)."""
     with torch.device("meta"):
         net = DiffusersUNet(**config.unet)
-    return sum(p.numel() for p in net.parameters())
+    return sum(p.numel() for p in net.parameters())  # type: ignore[attr-defined]
