@@ -3,6 +3,7 @@ and nothing that is in use."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from datetime import timedelta
@@ -25,7 +26,7 @@ from core.tables import (
     utcnow,
 )
 from tests.worker.seed import make_job, make_mixture_dataset, make_owner, train_request
-from worker.resume import training_state_path
+from worker.resume import training_state_name
 from worker.sweeper import sweep
 
 GRACE = 600.0
@@ -116,10 +117,11 @@ def test_staging_files_and_unreferenced_blobs_older_than_the_grace_go(service_en
         young_unreferenced = store.put_bytes(s, b"a blob being committed", "x/y")
         s.execute(Artifact.__table__.update().where(Artifact.sha256 == unreferenced)
                   .values(created_at=utcnow() - timedelta(seconds=2 * GRACE)))
-    # a blob file whose row never committed (the API was killed between the two)
-    with session_scope() as s:
-        rowless = store.put_bytes(s, b"rolled back", "x/y")
-        s.rollback()
+    # a blob file whose row never committed (the API was killed with SIGKILL between the two, so
+    # the store's own clean-up after a rollback never ran)
+    rowless = hashlib.sha256(b"rolled back").hexdigest()
+    store.path(rowless).parent.mkdir(parents=True, exist_ok=True)
+    store.path(rowless).write_bytes(b"rolled back")
     # an upload staged when the API was killed with SIGKILL, and one in progress
     old_stage = store.tmp_dir / "tmpabc.upload"
     old_stage.write_bytes(b"partial upload")
@@ -147,7 +149,9 @@ def test_training_states_of_ended_jobs_go(service_env) -> None:
         ds = make_mixture_dataset(s, owner, n=40)
         ended = make_job(s, owner, train_request(ds), status=JobStatus.failed.value).id
         running = make_job(s, owner, train_request(ds), status=JobStatus.running.value).id
-    paths = {job_id: training_state_path(job_id) for job_id in (ended, running, "job_gone")}
+    store = get_artifact_store()  # the local store: states are its named objects
+    paths = {job_id: store.object_path(training_state_name(job_id))  # type: ignore[attr-defined]
+             for job_id in (ended, running, "job_gone")}
     for path in paths.values():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"state")
