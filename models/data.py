@@ -359,3 +359,14 @@ class GaussianMixture:
         diff, var, log_joint = self._marginal(y, s, process)
         resp = torch.softmax(log_joint, dim=1)[:, :, None]
         return -(resp * diff / var).sum(dim=1)
+
+
+def is_eight_bit(source_dtype: str | None) -> bool:
+    """True when an upload's dtype (as stored: numpy's `dtype.str`, e.g. "|u1", or a name such as
+    "uint8") is 8-bit unsigned levels (0..255)."""
+    if not source_dtype:
+        return False
+    try:
+        return np.dtype(source_dtype) == np.uint8
+    except TypeError:
+        return False

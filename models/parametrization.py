@@ -53,7 +53,10 @@ class EntropyMatchingModel(nn.Module):
         self.e_scale = e_theta_scale(process, parametrization)
         config = getattr(network, "config", None)
         # an unconditional network (num_classes None) is read without labels, even on labelled data
-        self.takes_labels = config is None or getattr(config, "num_classes", None) is not None
+        classes = getattr(config, "num_classes", None)
+        if classes is None:  # a diffusers UNet2DModel's config names it num_class_embeds
+            classes = getattr(config, "num_class_embeds", None)
+        self.takes_labels = config is None or classes is not None
 
     def forward(self, y: torch.Tensor, s: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.e_theta(y, s, labels)

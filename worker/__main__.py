@@ -33,7 +33,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _preload(torch_threads: int) -> None:
+def _preload(torch_threads: int = 0) -> None:
     """Import torch and the science code in the parent (no CUDA initialisation); set torch's CPU
     threads (inherited by the forked horses) when `torch_threads` > 0."""
     import torch

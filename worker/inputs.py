@@ -21,7 +21,7 @@ from core.contract import DatasetSplit
 from core.tables import Checkpoint, Dataset
 from models.checkpoints.config import CheckpointConfig
 from models.checkpoints.io import load_model, read_checkpoint
-from models.data import DataSet, GaussianMixture
+from models.data import DataSet, GaussianMixture, is_eight_bit
 from models.parametrization import EntropyMatchingModel
 from worker.blob_cache import worker_blob_cache
 from worker.errors import JobInputError
@@ -116,7 +116,7 @@ def _eight_bit_range(row: Dataset) -> tuple[float, float] | None:
     """The scaled value range of image data that came as 8-bit levels (for bits/dim offsets)."""
     scaling = row.scaling or {}
     source = scaling.get("value_range_in")
-    eight_bit = row.source_dtype == "uint8" or (
+    eight_bit = is_eight_bit(row.source_dtype) or (
         source is not None and [float(v) for v in source] == [0.0, 255.0])
     if not (row.is_image and eight_bit and row.value_range):
         return None
@@ -154,7 +154,7 @@ def to_model_range(loaded: LoadedDataset, model_range: tuple[float, float]
     data kept unscaled without a recorded range are taken as [0, 255]), and the
     record {data, model, scale, shift} of the map x_model = scale * x + shift."""
     src = loaded.data.value_range
-    if src is None and loaded.source_dtype == "uint8":
+    if src is None and is_eight_bit(loaded.source_dtype):
         src = (0.0, 255.0)  # 8-bit levels kept unscaled (scale "none")
     if src is None:
         raise JobInputError(f"dataset {loaded.dataset_id} records no value range, so it cannot be mapped to "

@@ -35,6 +35,7 @@ from core.contract import (
 )
 from core.settings import Settings
 from core.tables import Checkpoint, Dataset, Owner
+from models.data import is_eight_bit
 from models.entropy.estimators import MeasurementConfig
 from models.networks import MLPConfig, default_network_config, network_config_from_dict
 from models.pipelines.config import ARCH as DIFFUSERS_ARCH
@@ -226,7 +227,7 @@ def resolve_measure(session: Session, owner: Owner, req: MeasureJobCreate, setti
                 f"{want[1] if want[1] == want[2] else list(want[1:])})" if diffusers and len(want) == 3 else "")
         raise unprocessable(f"dataset {dataset.id} has samples of shape {list(have)} but "
                             f"checkpoint {checkpoint.id} takes {list(want)}{what}", "dataset_id")
-    if diffusers and config.get("value_range") and not dataset.value_range and dataset.source_dtype != "uint8":
+    if diffusers and config.get("value_range") and not dataset.value_range and not is_eight_bit(dataset.source_dtype):
         raise unprocessable(f"dataset {dataset.id} records no value range, so it cannot be mapped to the "
                             f"diffusers model's range {config['value_range']}; upload it with "
                             "value_min/value_max", "dataset_id")

@@ -62,7 +62,7 @@ def test_summary_has_entropies_and_reproducibility(api: TestClient,
     assert doc["total_entropy"] == SUMMARY["total_entropy"]
     assert doc["summary"] == SUMMARY
     assert doc["density_bound"] is None and (doc["t_min"], doc["t_max"]) == (1e-5, 1.0)
-    assert doc["reproducibility"] == {**REPRO, "value_range": None}  # no data map recorded
+    assert doc["reproducibility"] == {**REPRO, "value_range": None, "torch_threads": None}  # not recorded in REPRO
     assert doc["links"]["plot"] == f"/v1/measurements/{mid}/plot.png"
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.data import is_eight_bit
 from tests.app.helpers import npy_bytes
 from tests.e2e.stack import Stack, running_stack, wait_for_job
 from tests.pipelines import train_digits_pipeline, zip_folder
@@ -50,7 +51,7 @@ def test_trained_diffusers_pipeline_is_uploaded_measured_and_sampled(stack: Stac
                    data={"layout": "nhw", "scale": "none", "name": "digits-uint8"})
         assert r.status_code == 201, r.text
         dataset = r.json()
-        assert dataset["source_dtype"] == "uint8" and dataset["value_range"] is None  # levels, no range given
+        assert is_eight_bit(dataset["source_dtype"]) and dataset["value_range"] is None  # levels, no range given
 
         r = c.post("/v1/jobs", json={"type": "measure", "checkpoint_id": ckpt["id"], "dataset_id": dataset["id"],
                                      "measurement": {"n_times": 9, "n_samples": 1024}})

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,9 @@ TINY_MEASUREMENT = {
 }
 
 
-def make_owner(session: Session, name: str = "tester") -> Owner:
-    owner = Owner(name=name)
+def make_owner(session: Session, name: str | None = None) -> Owner:
+    """An owner; its name (unique, as owner names are) defaults to `tester-<random>`."""
+    owner = Owner(name=name or f"tester-{uuid.uuid4().hex[:8]}")
     session.add(owner)
     session.flush()
     return owner
