@@ -55,6 +55,20 @@ def dispose_inherited_engine() -> None:
     get_engine().dispose(close=False)
 
 
+_fork_gate = threading.Lock()
+"""Held by a maintenance thread while it works, and by the parent while it forks a horse: a horse
+is never forked while a thread of the parent holds a lock the horse would inherit locked (the
+SQLAlchemy pool's, a Redis pool's, ...) — that deadlocked a horse on its first DB call."""
+
+
+def _fresh_gate_in_child() -> None:
+    global _fork_gate
+    _fork_gate = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_gate_in_child)
+
+
 class PeriodicTask:
     """`action()` now and then every `interval` s, in a daemon thread, until `stop()`; a failing
     call is logged and retried at the next tick."""
@@ -78,7 +92,8 @@ class PeriodicTask:
         while True:
             started = time.monotonic()
             try:
-                self.action()
+                with _fork_gate:
+                    self.action()
             except Exception:  # noqa: BLE001 - retried at the next tick
                 log.exception("%s failed", self.name)
             self.runs += 1
@@ -171,6 +186,12 @@ class ServiceWorker(Worker):
         super().teardown()
 
     # ---- fork hygiene ----
+    def fork_work_horse(self, job: Any, queue: Any) -> None:
+        """Fork while no maintenance thread is mid-pass (see `_fork_gate`)."""
+        gate = _fork_gate
+        with gate:
+            super().fork_work_horse(job, queue)
+
     def main_work_horse(self, job: Any, queue: Any) -> None:
         die_with_parent()  # the horse has its own process group: make sure it dies with us
         dispose_inherited_engine()
