@@ -111,7 +111,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestGuard, max_json_bytes=settings.max_json_body_bytes)
     app.add_middleware(LoadShedder, limit=settings.max_in_flight_requests,
-                       retry_after=settings.retry_after_seconds)
+                       retry_after=settings.retry_after_seconds,
+                       wait_seconds=settings.load_shed_wait_seconds,
+                       max_waiting=settings.max_waiting_requests)
     install_error_handlers(app)
     for router in (health.router, datasets.router, jobs.router, sweeps.router,
                    measurements.router, compare.router, checkpoints.router, workers.router):

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from typing import Any
@@ -39,30 +40,54 @@ async def send_problem(send: Send, status: int, title: str, detail: str,
 
 
 class LoadShedder:
-    """Serve at most `limit` requests at once; the next ones get 503 + Retry-After at once."""
+    """Serve at most `limit` requests at once. The next ones wait (first come, first served) for
+    a slot up to `wait_seconds`, at most `max_waiting` of them; a request that finds the waiting
+    room full, or waits longer, gets 503 + Retry-After. A waiting request costs a coroutine, not
+    a thread or a database connection."""
 
-    def __init__(self, app: ASGIApp, limit: int, retry_after: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, retry_after: int, wait_seconds: float = 0.0,
+                 max_waiting: int = 0) -> None:
         self.app, self.limit, self.retry_after = app, max(1, limit), max(1, retry_after)
+        self.wait_seconds, self.max_waiting = max(0.0, wait_seconds), max(0, max_waiting)
         self.in_flight = 0
+        self.waiting = 0
         self.shed = 0  # requests refused so far (for tests and logs)
+        self._slots: asyncio.Semaphore | None = None  # made in the serving event loop
+
+    async def _refuse(self, send: Send, why: str) -> None:
+        self.shed += 1
+        await send_problem(send, 503, "Service Unavailable",
+                           f"the server is busy ({why}); retry after the Retry-After delay",
+                           {"Retry-After": str(self.retry_after)})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") in EXEMPT_FROM_SHEDDING:
             await self.app(scope, receive, send)
             return
-        if self.in_flight >= self.limit:
-            self.shed += 1
-            await send_problem(
-                send, 503, "Service Unavailable",
-                f"the server is busy ({self.limit} requests in flight, setting "
-                "MAX_IN_FLIGHT_REQUESTS); retry after the Retry-After delay",
-                {"Retry-After": str(self.retry_after)})
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.limit)
+        if not self._slots.locked():
+            await self._slots.acquire()  # a free slot: no wait
+        elif self.waiting >= self.max_waiting or self.wait_seconds <= 0:
+            await self._refuse(send, f"{self.limit} requests in flight and {self.waiting} "
+                               "waiting: settings MAX_IN_FLIGHT_REQUESTS, MAX_WAITING_REQUESTS")
             return
+        else:
+            self.waiting += 1
+            try:
+                await asyncio.wait_for(self._slots.acquire(), timeout=self.wait_seconds)
+            except TimeoutError:
+                await self._refuse(send, f"no free slot within {self.wait_seconds:g} s: "
+                                   "settings MAX_IN_FLIGHT_REQUESTS, LOAD_SHED_WAIT_SECONDS")
+                return
+            finally:
+                self.waiting -= 1
         self.in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
             self.in_flight -= 1
+            self._slots.release()
 
 
 class _NonFinite(ValueError):

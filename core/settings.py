@@ -59,8 +59,12 @@ class Settings(BaseSettings):
 
     # ---- load ----
     max_in_flight_requests: int = Field(
-        64, description="Requests served at once; more get an immediate 503 + Retry-After "
-        "(/healthz is exempt).")
+        64, description="Requests served at once; more wait for a slot (/healthz is exempt).")
+    load_shed_wait_seconds: float = Field(
+        20.0, ge=0, description="Longest wait for a slot; then 503 + Retry-After.")
+    max_waiting_requests: int = Field(
+        4096, ge=0, description="Requests waiting for a slot at most; more get an immediate "
+        "503 + Retry-After.")
     db_pool_size: int = Field(20, description="Database connections kept per process.")
     db_max_overflow: int = Field(20, description="Extra connections opened under load.")
     db_pool_timeout_seconds: float = Field(
