@@ -15,7 +15,6 @@ from redis import Redis
 from rq import Worker
 from rq.job import Job as RQJob
 from sqlalchemy import delete, distinct, func, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import ProblemError, conflict, not_found
@@ -165,12 +164,10 @@ def submit(session: Session, owner: Owner, req: JobRequest, settings: Settings,
     job = new_job(session, owner, req, settings, choose_queue(req.queue, connection))
     session.flush()
     doc = job_public(session, job)
-    idempotency.remember(session, owner, idempotency_key, SUBMIT_ENDPOINT, fp, job.id, 202)
-    try:
-        session.commit()
-    except IntegrityError as exc:
-        winner = idempotency.winner_after_conflict(session, owner, idempotency_key, exc)
-        return job_public(session, get_owned(session, owner, winner.resource_id)), True
+    job_id, replayed = idempotency.commit_or_replay(session, owner, idempotency_key,
+                                                    SUBMIT_ENDPOINT, fp, job.id, 202)
+    if replayed:  # a concurrent request with the same key committed first
+        return job_public(session, get_owned(session, owner, job_id)), True
     enqueue_new(session, [job], connection,
                 on_failure=lambda s: idempotency.forget(s, owner, idempotency_key))
     return doc, False

@@ -17,7 +17,6 @@ from typing import Any
 
 from redis import Redis
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.errors import ProblemError, conflict, not_found, over_limit, unprocessable
@@ -201,12 +200,10 @@ def submit(session: Session, owner: Owner, req: SweepCreate, settings: Settings,
     sweep.points = [{"job_id": job.id, **p} for job, p in zip(jobs, points, strict=True)]
     session.flush()
     doc = sweep_public(session, sweep)
-    idempotency.remember(session, owner, idempotency_key, SUBMIT_ENDPOINT, fp, sweep.id, 202)
-    try:
-        session.commit()
-    except IntegrityError as exc:
-        winner = idempotency.winner_after_conflict(session, owner, idempotency_key, exc)
-        return sweep_public(session, get_owned(session, owner, winner.resource_id)), True
+    sweep_id, replayed = idempotency.commit_or_replay(session, owner, idempotency_key,
+                                                      SUBMIT_ENDPOINT, fp, sweep.id, 202)
+    if replayed:  # a concurrent request with the same key committed first
+        return sweep_public(session, get_owned(session, owner, sweep_id)), True
 
     def forget_sweep(s: Session) -> None:
         s.execute(delete(Sweep).where(Sweep.id == sweep.id))
