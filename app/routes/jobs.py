@@ -71,7 +71,7 @@ def list_jobs(session: SessionDep, owner: CurrentOwner,
               type: Annotated[TypeFilter | None, Query(description="Only this type.")] = None,
               limit: Limit = 50, offset: Offset = 0) -> Page[JobPublic]:
     rows, total = service.list_owned(session, owner, status, type, limit, offset)
-    return page_of([service.job_public(session, j) for j in rows], total, limit, offset)
+    return page_of(service.jobs_public(session, rows), total, limit, offset)
 
 
 @router.get("/{job_id}", response_model=JobPublic, summary="Get a job (status, progress, results)",

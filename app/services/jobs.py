@@ -274,13 +274,28 @@ def job_links(job: Job) -> dict[str, str]:
     return links
 
 
-def job_public(session: Session, job: Job, lease_seconds: float | None = None) -> JobPublic:
-    """The public document of `job`. A queued job reads the live workers' queues (`workers`
-    table, leases of `lease_seconds`, default Settings.lease_seconds)."""
-    live = None
-    if job.status == JobStatus.queued.value:
-        lease = get_settings().lease_seconds if lease_seconds is None else lease_seconds
-        live = live_queues(session, lease)
+def _live_queues_for(session: Session, jobs: Sequence[Job],
+                     lease_seconds: float | None) -> set[str] | None:
+    """The live workers' queues (`workers` table, leases of `lease_seconds`, default
+    Settings.lease_seconds) when one of `jobs` is queued, else None (not read)."""
+    if not any(job.status == JobStatus.queued.value for job in jobs):
+        return None
+    lease = get_settings().lease_seconds if lease_seconds is None else lease_seconds
+    return live_queues(session, lease)
+
+
+def jobs_public(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
+    """The public documents of `jobs` (a page of a list): the live queues are read once."""
+    live = _live_queues_for(session, jobs, None)
+    return [job_public(session, job, live=live) for job in jobs]
+
+
+def job_public(session: Session, job: Job, lease_seconds: float | None = None, *,
+               live: set[str] | None = None) -> JobPublic:
+    """The public document of `job`. A queued job reads the live workers' queues (see
+    `_live_queues_for`) unless `live` gives them already."""
+    if live is None:
+        live = _live_queues_for(session, [job], lease_seconds)
     milestones = session.scalars(
         select(JobMilestone).where(JobMilestone.job_id == job.id).order_by(JobMilestone.epoch)
     ).all()

@@ -118,7 +118,7 @@ def sign_out(request: Request, ui: UiSessionDep,
 def _job_rows(session: SessionDep, ui: UiSession, status: str | None, job_type: str | None,
               offset: int) -> tuple[list[dict[str, Any]], int]:
     rows, total = jobs_service.list_owned(session, ui.owner, status, job_type, PAGE, offset)
-    return [views.job_row(jobs_service.job_public(session, j)) for j in rows], total
+    return [views.job_row(doc) for doc in jobs_service.jobs_public(session, rows)], total
 
 
 @router.get("/jobs")
