@@ -310,7 +310,9 @@ class DatasetSplit(_Strict):
 # ---- documents the worker writes ----
 class JobProgress(BaseModel):
     phase: str = Field(description="queued | waiting_for_worker (queued, and no live worker "
-                       "listens on its queue) | requeued (its run was lost; it resumes) | "
+                       "listens on its queue) | waiting_in_sweep (queued; its sweep puts it on "
+                       "the queue when one of its jobs in flight ends, SWEEP_JOBS_IN_FLIGHT) | "
+                       "requeued (its run was lost; it resumes) | "
                        "starting | training | milestone | measuring | loading | sampling | done | "
                        "failed | canceled")
     epoch: int | None = None

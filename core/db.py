@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, Update, create_engine, event
+from sqlalchemy import CursorResult, Engine, Update, create_engine, event, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import get_settings
@@ -83,3 +83,20 @@ def rows_changed(session: Session, statement: Update) -> int:
     """Execute an UPDATE and return how many rows it changed (the fence of a state change)."""
     result = session.execute(statement)
     return int(cast(CursorResult[Any], result).rowcount)
+
+
+def lock_for_write(session: Session, entity: Any, row_id: str) -> bool:
+    """Hold a write lock covering row `row_id` of `entity` (a table with `id` and `created_at`)
+    until the session's transaction ends, so that read-then-write steps of concurrent sessions
+    on that row run one after the other. False when the row does not exist.
+
+    PostgreSQL (and other servers): `SELECT ... FOR UPDATE` of that row. SQLite has one writer
+    at a time and no row locks: a no-op UPDATE of the row begins the write transaction (waiting
+    up to SQLITE_BUSY_TIMEOUT_MS for another writer), and every read after it sees the latest
+    commit; a plain `FOR UPDATE` would be ignored and let two sessions read the same state.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        return rows_changed(session, update(entity).where(entity.id == row_id)
+                            .values(created_at=entity.created_at)) == 1
+    found = session.execute(select(entity.id).where(entity.id == row_id).with_for_update())
+    return found.first() is not None

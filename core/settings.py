@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     max_queued_jobs_per_owner: int = Field(
         100, description="Most queued submissions per owner (429 + Retry-After above); "
         "a sweep counts as one.")
+    sweep_jobs_in_flight: int = Field(
+        0, ge=0, description="Most jobs of one sweep on the queue or running at once (the sweep "
+        "feeds the rest in grid order as they end); 0: one per live worker of its queue.")
 
     # ---- load ----
     max_in_flight_requests: int = Field(

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -182,6 +183,8 @@ class Job(Base):
     convergence: Mapped[dict[str, Any] | None] = mapped_column(JsonType, nullable=True)  # train jobs
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # a sweep's queued job its sweep has not yet put on RQ (`core.sweep_feed`); only while queued
+    held: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     rq_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     worker_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     device: Mapped[str | None] = mapped_column(String(40), nullable=True)

@@ -9,6 +9,8 @@ and record the outcome. The DB row, not Redis, is the truth:
   `worker.sample_job.run_sample`), which reads the resolved spec (`core.contract`), reports
   progress, does the heavy work and returns its *commit*: a function that stores the results in
   a session and returns the columns to set on success;
+- feed: when the job belongs to a sweep, the sweep's next held job goes on the queue
+  (`core.sweep_feed`), whatever the outcome;
 - outcome: the commit and `succeeded` in one fenced transaction (so a run that dies in between
   leaves nothing behind), `canceled` when cancellation was asked for, or `failed` with a readable
   one-line error (the traceback goes to the log, never into the row). A run whose attempt was
@@ -27,7 +29,9 @@ from sqlalchemy.orm import Session
 
 from core.contract import JobProgress, parse_job_spec
 from core.db import rows_changed, session_scope
+from core.queue import redis_connection
 from core.settings import get_settings
+from core.sweep_feed import feed_after_job
 from core.tables import Job, JobStatus, JobType, utcnow
 from worker.context import JobContext, current_worker_name
 from worker.devices import job_device
@@ -93,6 +97,7 @@ def claim(job_id: str, worker_name: str, device: str) -> JobContext | None:
                 heartbeat_at=now,
                 worker_name=worker_name,
                 device=device,
+                held=False,  # a held sweep job run by hand (it is normally released first)
                 error=None,
                 progress=JobProgress(phase="starting", fraction=0.0).model_dump(),
             ),
@@ -158,15 +163,27 @@ def run_job(job_id: str) -> str:
     the id only; everything else is read from the database.
     """
     device = job_device()
-    ctx = claim(job_id, current_worker_name(), device)
-    if ctx is None:
-        return "skipped"
-    log.info("job %s (%s) attempt %d on %s", job_id, ctx.type, ctx.attempt, device)
-    ctx.lease.start()
     try:
-        return _run(ctx)
+        ctx = claim(job_id, current_worker_name(), device)
+        if ctx is None:
+            return "skipped"
+        log.info("job %s (%s) attempt %d on %s", job_id, ctx.type, ctx.attempt, device)
+        ctx.lease.start()
+        try:
+            return _run(ctx)
+        finally:
+            ctx.lease.stop()
     finally:
-        ctx.lease.stop()
+        _feed_sweep_of(job_id)
+
+
+def _feed_sweep_of(job_id: str) -> None:
+    """A sweep's job left its window: put the sweep's next held job on the queue now (best effort:
+    every reconciler pass feeds it otherwise)."""
+    try:
+        feed_after_job(job_id, redis_connection())
+    except Exception:  # noqa: BLE001 - the run's outcome is recorded; never fail it now
+        log.warning("job %s: could not feed its sweep", job_id, exc_info=True)
 
 
 def _run(ctx: JobContext) -> str:

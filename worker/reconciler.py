@@ -106,7 +106,8 @@ def reconcile(
     now = utcnow()
     with session_scope() as session:
         candidates = session.scalars(
-            select(Job).where(Job.status.in_([JobStatus.queued.value, JobStatus.running.value]))
+            select(Job).where(Job.status.in_([JobStatus.queued.value, JobStatus.running.value]),
+                              Job.held.is_(False))  # held: its sweep enqueues it (sweep_feed)
         ).all()
     for job in candidates:
         reason = lost_reason(job, conn, now, grace_seconds, lease)

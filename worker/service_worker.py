@@ -14,6 +14,7 @@
   row in the `workers` table every LEASE_SECONDS / 3 (queues, device, idle or busy with which
   job), which `GET /v1/workers` and the `waiting_for_worker` phase read; the row is removed on a
   clean stop.
+- Each reconciler pass also feeds every sweep with held jobs (`core.sweep_feed.feed_all`).
 - The orphan sweep (`worker.sweeper.sweep`) at start-up and every SWEEP_INTERVAL_SECONDS, in a
   third thread.
 - SIGTERM / SIGINT: a cold stop at once. The running horse is killed; its job stays `running` in
@@ -41,6 +42,7 @@ from sqlalchemy import update
 from core.db import get_engine, session_scope
 from core.lifecycle import die_with_parent
 from core.settings import get_settings
+from core.sweep_feed import feed_all
 from core.tables import Job, JobStatus, utcnow
 from core.workers import delete_dead_workers, remove_worker, renew_worker
 from worker.lease import renew_interval
@@ -171,10 +173,15 @@ class ServiceWorker(Worker):
             self.current_db_job = None
 
     def reconcile_now(self) -> None:
-        report = reconcile(self._maintenance_redis or private_redis(self.connection))
+        """One reconciler pass, then feed every sweep with held jobs (`core.sweep_feed`)."""
+        connection = self._maintenance_redis or private_redis(self.connection)
+        report = reconcile(connection)
         if report.requeued or report.failed or report.canceled:
             log.info("reconciler: requeued %s, failed %s, canceled %s",
                      report.requeued, report.failed, report.canceled)
+        fed = feed_all(connection)
+        if fed:
+            log.info("reconciler: sweeps fed %s", fed)
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         super().bootstrap(*args, **kwargs)

@@ -28,7 +28,9 @@ from app.schemas.jobs import (
 from app.services import idempotency, job_requests
 from app.services.pages import newest_first_page
 from core import queue as rq_client
+from core import sweep_feed
 from core.contract import Convergence, JobProgress, QueueName, parse_job_spec
+from core.db import lock_for_write
 from core.settings import Settings, get_settings
 from core.tables import Job, JobMilestone, JobStatus, Owner, utcnow
 from core.workers import live_queues
@@ -131,9 +133,10 @@ def queued_submissions(session: Session, owner: Owner) -> int:
 
 def check_queued_cap(session: Session, owner: Owner, settings: Settings) -> None:
     """429 + Retry-After when the owner already has MAX_QUEUED_JOBS_PER_OWNER queued
-    submissions. On PostgreSQL the owner's row is locked first, so concurrent submissions of
-    one owner are counted one after the other (SQLite serialises writers anyway)."""
-    session.execute(select(Owner.id).where(Owner.id == owner.id).with_for_update())
+    submissions. The owner's row is write-locked first (`core.db.lock_for_write`), so
+    concurrent submissions of one owner are counted one after the other, on PostgreSQL and on
+    SQLite."""
+    lock_for_write(session, Owner, owner.id)
     cap = settings.max_queued_jobs_per_owner
     n = queued_submissions(session, owner)
     if n >= cap:
@@ -215,8 +218,19 @@ def cancel(session: Session, owner: Owner, job_id: str, connection: Redis | None
         raise conflict(f"job {job.id} has already finished ({job.status})", status_now=job.status)
     request_cancel(session, job, connection)
     session.commit()
+    if job.sweep_id is not None and connection is not None:
+        _feed_quietly(job.sweep_id, connection)
     session.refresh(job)
     return job
+
+
+def _feed_quietly(sweep_id: str, connection: Redis) -> None:
+    """Let the sweep release its next held job (a canceled job left its window): best effort,
+    the workers' reconciler passes feed it otherwise."""
+    try:
+        sweep_feed.feed_sweep(sweep_id, connection)
+    except Exception:  # noqa: BLE001 - the cancel is committed; never fail it now
+        log.warning("could not feed sweep %s after a cancel", sweep_id, exc_info=True)
 
 
 def request_cancel(session: Session, job: Job, connection: Redis | None) -> None:

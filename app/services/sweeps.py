@@ -2,7 +2,8 @@
 
 Submission resolves every grid point into a normal, fully resolved train job (the same code as
 `POST /v1/jobs`), writes the sweep row and all job rows in one transaction, and only then
-enqueues the ids (a failure to enqueue removes them all again: 503, nothing created). An error at
+enqueues the first window of them; the sweep feeds the rest to the queue as its jobs end
+(`core.sweep_feed`). A failure to enqueue removes them all again: 503, nothing created. An error at
 one grid point rejects the whole sweep with 422 naming the grid axis or base field at fault.
 The sweep's status is derived from its jobs' statuses; nothing about it is stored but the
 request and the grid coordinates of each job.
@@ -35,6 +36,7 @@ from app.services.job_requests import training_points
 from app.services.labels import network_label, process_label
 from app.services.pages import newest_first_page
 from app.services.sweep_tables import sweep_table
+from core import sweep_feed
 from core.contract import NetworkSpec, ProcessSpec
 from core.settings import Settings
 from core.tables import Job, JobStatus, Owner, Sweep
@@ -158,7 +160,8 @@ SUBMIT_ENDPOINT = "POST /v1/sweeps"
 
 def submit(session: Session, owner: Owner, req: SweepCreate, settings: Settings,
            connection: Redis, idempotency_key: str | None = None) -> tuple[SweepPublic, bool]:
-    """Resolve every grid point, store the sweep and its jobs in one commit, then enqueue them.
+    """Resolve every grid point, store the sweep and its jobs in one commit, then enqueue the
+    first window of them (`core.sweep_feed`: the sweep feeds the others as its jobs end).
 
     Returns the sweep document (built before the commit, so nothing after it can fail a
     persisted sweep) and whether it replays an earlier submission with the same
@@ -196,6 +199,10 @@ def submit(session: Session, owner: Owner, req: SweepCreate, settings: Settings,
                 _merged_network(NetworkSpec.model_validate({}), point.network)),
             "epochs": train_req.training.epochs,
         })
+    window = sweep_feed.feed_window(session, queue_name, settings)
+    for job in jobs[window:]:  # the sweep feeds these to the queue as its jobs end
+        job.held = True
+        job.progress = sweep_feed.held_progress()
     session.flush()
     sweep.points = [{"job_id": job.id, **p} for job, p in zip(jobs, points, strict=True)]
     session.flush()
@@ -206,10 +213,11 @@ def submit(session: Session, owner: Owner, req: SweepCreate, settings: Settings,
         return sweep_public(session, get_owned(session, owner, sweep_id)), True
 
     def forget_sweep(s: Session) -> None:
+        s.execute(delete(Job).where(Job.sweep_id == sweep.id))  # the held ones
         s.execute(delete(Sweep).where(Sweep.id == sweep.id))
         idempotency.forget(s, owner, idempotency_key)
 
-    jobs_service.enqueue_new(session, jobs, connection, on_failure=forget_sweep)
+    jobs_service.enqueue_new(session, jobs[:window], connection, on_failure=forget_sweep)
     return doc, False
 
 
