@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -401,6 +402,12 @@ def main() -> int:
         try:
             rows.extend(part())
         except (SystemExit, Exception) as exc:  # noqa: BLE001 - the table still prints
+            # the whole story (service logs, traceback) on stderr: a GPU run is not easily repeated
+            print(f"--- {title} failed:", file=sys.stderr)
+            if isinstance(exc, SystemExit):
+                print(exc, file=sys.stderr)
+            else:
+                traceback.print_exc(file=sys.stderr)
             rows.append(Row(title, "did not finish", f"FAIL: {type(exc).__name__}: {str(exc)[:300]}"))
         print(f"    {time.perf_counter() - t0:.0f} s", flush=True)
     width = max(len(r.check) for r in rows)
