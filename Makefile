@@ -1,6 +1,10 @@
 # Two commands on a fresh machine with only Python 3.11 and make:
 #   make run   [PORT=8000] [DATA_DIR=data]   embedded service: SQLite + bundled Redis + worker + API
 #   make test  [PYTEST_ARGS=...]             the whole pytest suite
+#   make test-s3 [PYTEST_ARGS=...]           the same with TEST_ARTIFACT_BACKEND=s3: every test that
+#                                            takes tests/conftest.py's `settings` (the API, worker and
+#                                            store tests) uses S3 (a moto server the tests start on
+#                                            127.0.0.1, one key prefix per test) instead of a directory
 # The virtualenv is made once (stamp file) and refreshed when pyproject.toml changes.
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
@@ -15,11 +19,12 @@ DATA_DIR ?= data
 PYTEST_ARGS ?=
 export PORT DATA_DIR
 
-.PHONY: run test test-all lint venv worker migrate clean help
+.PHONY: run test test-s3 test-all lint venv worker migrate clean help
 
 help:
 	@echo "make run [PORT=8000] [DATA_DIR=data]   start the embedded service (Ctrl+C stops all)"
 	@echo "make test [PYTEST_ARGS=...]            run the test suite"
+	@echo "make test-s3 [PYTEST_ARGS=...]         the test suite with the artifact store on S3 (moto)"
 	@echo "make test-all                          include the slow (minutes-long) training tests"
 	@echo "make lint                              ruff and mypy"
 
@@ -46,6 +51,9 @@ migrate: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-s3: $(STAMP)
+	TEST_ARTIFACT_BACKEND=s3 $(PY) -m pytest $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -m '' $(PYTEST_ARGS)

@@ -5,13 +5,19 @@ every SWEEP_INTERVAL_SECONDS (`worker.service_worker`).
   no current run any more) that are neither its result (`jobs.measurement_id`, `checkpoint_id`) nor
   one of its milestones, and that nothing else uses (no other job's input, no other measurement).
   Fenced writes (`worker.lease`) no longer make them; older runs did.
-- **Staging files** in the artifact store's `tmp/` (an upload staged there when the API was killed
-  with SIGKILL, a blob write cut short) older than ORPHAN_GRACE_SECONDS.
-- **Training states** (`training-state/<job>.state`) of jobs that ended or no longer exist, older
-  than ORPHAN_GRACE_SECONDS.
-- **Blobs of failed inserts**: files in the store with no `artifacts` row, and `artifacts` rows
+- **Staging files** in this host's scratch directory (`tmp/` of the local store, DATA_DIR/tmp
+  with S3: an upload staged there when the API was killed with SIGKILL, a blob write cut short)
+  older than ORPHAN_GRACE_SECONDS.
+- **Training states** (named objects `training-state/<job>.state`, and the temporary files of
+  writes cut short) of jobs that ended or no longer exist, older than ORPHAN_GRACE_SECONDS.
+- **Blobs of failed inserts**: blobs in the store with no `artifacts` row, and `artifacts` rows
   that nothing refers to, older than ORPHAN_GRACE_SECONDS (the grace covers a request that wrote
   its blob and has not yet committed its row).
+
+Everything in the store is seen through its interface (`list_blobs`, `list_objects`,
+`delete_object`, `remove_blob`), so the sweep works on the local directory and on S3 alike. Ages
+are `now - last-modified` in seconds; on S3 the last-modified time is the S3 server's clock, so a
+clock skew between it and this host shortens or lengthens the grace by the skew.
 
 Every step is idempotent, so several workers may sweep at once. It never touches torch.
 """
@@ -19,11 +25,10 @@ Every step is idempotent, so several workers may sweep at once. It never touches
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import delete, exists, not_, or_, select
@@ -40,12 +45,11 @@ from core.tables import (
     JobMilestone,
     JobStatus,
     Measurement,
-    utcnow,
 )
 
 log = logging.getLogger(__name__)
 FINAL = (JobStatus.succeeded.value, JobStatus.failed.value, JobStatus.canceled.value)
-_SHA = re.compile(r"^[0-9a-f]{64}$")
+TRAINING_STATE_FOLDER = "training-state/"  # worker.resume.training_state_name
 
 
 @dataclass
@@ -109,88 +113,85 @@ def sweep_superseded_rows(store: ArtifactStore, report: SweepReport) -> None:
         report.checkpoints.extend(i for i, _ in rows)
 
 
-# ---- files ----
-def _older_than(path: Path, seconds: float, now: float) -> bool:
-    try:
-        return now - path.stat().st_mtime > seconds
-    except FileNotFoundError:
-        return False
-
-
+# ---- files and objects ----
 def _files(directory: Path) -> Iterator[Path]:
     if directory.is_dir():
         yield from (p for p in directory.iterdir() if p.is_file())
 
 
-def sweep_staging_files(store: ArtifactStore, grace: float, report: SweepReport) -> None:
-    root = getattr(store, "root", None)
-    if not isinstance(root, Path):
-        return  # an object store has no staging directory (its uploads are multipart or single PUTs)
-    now = time.time()
-    for path in _files(root / "tmp"):
-        if _older_than(path, grace, now):
+def sweep_staging_files(store: ArtifactStore, grace: float, now: float,
+                        report: SweepReport) -> None:
+    """Files in this host's scratch directory last modified more than `grace` s before `now`."""
+    for path in _files(store.scratch):
+        try:
+            old = now - path.stat().st_mtime > grace
+        except FileNotFoundError:
+            continue
+        if old:
             path.unlink(missing_ok=True)
             report.staging_files.append(path.name)
 
 
-def sweep_training_states(root: Path, grace: float, report: SweepReport) -> None:
-    """States (and their temporary files) of jobs that ended or are gone."""
-    now = time.time()
-    candidates = [p for p in _files(root / "training-state") if _older_than(p, grace, now)]
+def _job_id_of_state(name: str) -> str:
+    """`<job>` of `training-state/<job>.state` (or of a temporary file's name: no job)."""
+    return name.rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+def sweep_training_states(store: ArtifactStore, grace: float, now: float,
+                          report: SweepReport) -> None:
+    """States (and their temporary files) of jobs that ended or are gone, last modified more than
+    `grace` s before `now`."""
+    candidates = [name for name, _size, mtime in store.list_objects(TRAINING_STATE_FOLDER)
+                  if now - mtime > grace]
     if not candidates:
         return
-    job_ids = {p.name.split(".", 1)[0] for p in candidates}
+    job_ids = {_job_id_of_state(name) for name in candidates}
     with session_scope() as session:
         active = set(session.scalars(select(Job.id).where(
             Job.id.in_(job_ids), Job.status.not_in(FINAL))).all())
-    for path in candidates:
-        if path.name.split(".", 1)[0] not in active:
-            path.unlink(missing_ok=True)
-            report.training_states.append(path.name)
+    for name in candidates:
+        if _job_id_of_state(name) not in active:
+            store.delete_object(name)
+            report.training_states.append(name)
 
 
 def _referenced(session: Session, sha: str) -> bool:
     return ArtifactStore.reference_count(session, sha) > 0
 
 
-def sweep_blobs(store: ArtifactStore, grace: float, report: SweepReport) -> None:
-    """Blob files without a row, and rows (with their files) that nothing refers to."""
-    now = time.time()
-    cutoff = utcnow() - timedelta(seconds=grace)
+def sweep_blobs(store: ArtifactStore, grace: float, now: float, report: SweepReport) -> None:
+    """Rows that nothing refers to (with their blobs), then blobs without a row, both older than
+    `grace` s before `now`."""
+    cutoff = datetime.fromtimestamp(now, UTC) - timedelta(seconds=grace)
     with session_scope() as session:
         stale_rows = session.scalars(select(Artifact.sha256).where(
             Artifact.created_at < cutoff)).all()
         for sha in stale_rows:
             if not _referenced(session, sha) and store.delete_if_unreferenced(session, sha):
                 report.blobs.append(sha)
-    root = getattr(store, "root", None)
-    if not isinstance(root, Path) or not root.is_dir():
-        return  # files without rows: only a directory store can hold them outside the rows' view
-    for shard in root.iterdir():
-        if not (shard.is_dir() and len(shard.name) == 2):
+    for sha, _size, mtime in list(store.list_blobs()):
+        if now - mtime <= grace:
             continue
-        for path in shard.iterdir():
-            if not (_SHA.match(path.name) and _older_than(path, grace, now)):
+        with session_scope() as session:
+            if session.get(Artifact, sha) is not None or _referenced(session, sha):
                 continue
-            with session_scope() as session:
-                known = session.get(Artifact, path.name) is not None
-                if known or _referenced(session, path.name):
-                    continue
-            path.unlink(missing_ok=True)
-            report.blobs.append(path.name)
+        store.remove_blob(sha)
+        report.blobs.append(sha)
 
 
-def sweep(grace_seconds: float | None = None) -> SweepReport:
-    """One full sweep of the configured database and artifact store."""
+def sweep(grace_seconds: float | None = None, now: float | None = None) -> SweepReport:
+    """One full sweep of the configured database and artifact store. Ages are measured from
+    `now` (POSIX seconds; default the clock) against the grace (seconds; default
+    ORPHAN_GRACE_SECONDS)."""
     settings = get_settings()
     grace = settings.orphan_grace_seconds if grace_seconds is None else float(grace_seconds)
+    now = time.time() if now is None else float(now)
     store = get_artifact_store(settings)
     report = SweepReport()
     sweep_superseded_rows(store, report)
-    if isinstance(getattr(store, "root", None), Path):  # the local store's files
-        sweep_staging_files(store, grace, report)
-        sweep_training_states(settings.resolved_artifact_dir, grace, report)
-        sweep_blobs(store, grace, report)
+    sweep_staging_files(store, grace, now, report)
+    sweep_training_states(store, grace, now, report)
+    sweep_blobs(store, grace, now, report)
     if report.total():
         log.info("sweep: removed %d measurements, %d checkpoints, %d staging files, "
                  "%d training states, %d blobs of superseded runs and failed requests",

@@ -8,8 +8,9 @@ wrote it rolls back, deleting unreferenced blobs after commit — lives here onc
 
 Reads are checked: `iter_chunks`, `read_bytes` and `download_to` hash what they deliver and raise
 `ArtifactCorrupt` when the digest differs from the address (a streamed reader learns it at the
-end, after the last chunk). Named objects (`put_object`, `get_object`, `delete_object`) hold
-internal data with a mutable name, e.g. `training-state/<job_id>.state`; they have no row.
+end, after the last chunk). Named objects (`put_object`, `get_object`, `delete_object`,
+`list_objects`) hold internal data with a mutable name, e.g. `training-state/<job_id>.state`;
+they have no row.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ def check_sha(sha: str) -> str:
     if not isinstance(sha, str) or not _SHA_RE.match(sha):
         raise ValueError(f"not a sha256 hex digest: {sha!r}")
     return sha
+
+
+def check_folder(folder: str) -> str:
+    """`folder` as a key prefix ending in '/', when it is a valid object name with or without
+    that '/'; ValueError otherwise (the empty folder included: blobs are not named objects)."""
+    return check_name(folder.rstrip("/") if isinstance(folder, str) else folder) + "/"
 
 
 def check_name(name: str) -> str:
@@ -149,6 +156,12 @@ class ArtifactStore(ABC):
     @abstractmethod
     def delete_object(self, name: str) -> None:
         """Remove the named object (no error when it is gone)."""
+
+    @abstractmethod
+    def list_objects(self, folder: str) -> Iterator[tuple[str, int, float]]:
+        """(name, size in bytes, last-modified POSIX time in seconds) of every named object under
+        `folder` (e.g. `training-state/`; a trailing '/' is implied), at any depth, in no
+        particular order. An object written while the listing runs may or may not appear."""
 
     @abstractmethod
     def check(self) -> None:

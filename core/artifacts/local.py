@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from core.artifacts.base import (
     ArtifactNotFound,
     ArtifactStore,
     ArtifactStoreError,
+    check_folder,
     check_name,
     check_sha,
     file_chunks,
@@ -122,3 +124,17 @@ class LocalArtifactStore(ArtifactStore):
 
     def delete_object(self, name: str) -> None:
         self.object_path(name).unlink(missing_ok=True)
+
+    def list_objects(self, folder: str) -> Iterator[tuple[str, int, float]]:
+        """Files under ROOT/<folder>, with their mtime (the temporary files of writes in progress
+        or cut short included: they are named objects' files too, `tmp*.tmp`)."""
+        directory = self.root / check_folder(folder)
+        if not directory.is_dir():
+            return
+        for path in directory.rglob("*"):
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                yield path.relative_to(self.root).as_posix(), st.st_size, st.st_mtime

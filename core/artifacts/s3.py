@@ -27,6 +27,7 @@ from core.artifacts.base import (
     ArtifactNotFound,
     ArtifactStore,
     ArtifactStoreError,
+    check_folder,
     check_name,
     check_sha,
 )
@@ -239,6 +240,21 @@ class S3ArtifactStore(ArtifactStore):
         except ClientError as exc:
             if _code(exc) not in _MISSING:
                 raise self._fail(exc, f"DELETE {name}") from None
+
+    def list_objects(self, folder: str) -> Iterator[tuple[str, int, float]]:
+        """Keys under `<prefix><folder>/` with their LastModified (the S3 server's clock)."""
+        from botocore.exceptions import ClientError
+
+        start = self.prefix + check_folder(folder)
+        pages = self._client().get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=start)
+        try:
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield (obj["Key"][len(self.prefix):], int(obj["Size"]),
+                           obj["LastModified"].timestamp())
+        except ClientError as exc:
+            raise self._fail(exc, f"LIST {folder}") from None
 
     # ---- downloads ----
     def presigned_url(self, sha: str, *, media_type: str, filename: str | None) -> str | None:

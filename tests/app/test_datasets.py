@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.artifacts import get_artifact_store
 from core.settings import Settings
 from core.tables import Job, JobStatus
 from models.data import GaussianMixture
@@ -19,8 +21,9 @@ from tests.app.helpers import MIXTURE, assert_problem, create_mixture, npy_bytes
 State = Callable[[], dict[str, Any]]
 
 
-def _blob(settings: Settings, sha: str) -> Any:
-    return settings.resolved_artifact_dir / sha[:2] / sha
+def _stored(settings: Settings, sha: str) -> bool:
+    """Whether the settings' artifact store (local directory or S3) holds blob `sha`."""
+    return get_artifact_store(settings).exists(sha)
 
 
 def test_explicit_mixture_is_sampled_and_its_parameters_kept(api: TestClient,
@@ -30,7 +33,8 @@ def test_explicit_mixture_is_sampled_and_its_parameters_kept(api: TestClient,
     assert doc["mixture"]["weights"] == pytest.approx([0.3, 0.7])
     assert doc["mixture"]["means"] == MIXTURE["means"]
     assert doc["split"]["held_out"] == "fresh_draws" and doc["split"]["n_train"] == 2000
-    with np.load(_blob(settings, doc["sha256"]), allow_pickle=False) as npz:
+    blob = get_artifact_store(settings).read_bytes(doc["sha256"])
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
         x = npz["x"]
     expected_mean = GaussianMixture(MIXTURE["weights"], MIXTURE["means"],
                                     MIXTURE["stds"]).mean().numpy()
@@ -111,9 +115,9 @@ def test_delete_removes_row_and_unreferenced_blob(api: TestClient, settings: Set
     a = upload(api, npy_bytes(np.eye(3))).json()
     b = upload(api, npy_bytes(np.eye(3))).json()  # same blob
     assert api.delete(f"/v1/datasets/{a['id']}").status_code == 204
-    assert _blob(settings, a["sha256"]).exists()  # b still uses it
+    assert _stored(settings, a["sha256"])  # b still uses it
     assert api.delete(f"/v1/datasets/{b['id']}").status_code == 204
-    assert not _blob(settings, b["sha256"]).exists()
+    assert not _stored(settings, b["sha256"])
     assert state()["artifacts"] == 0 and state()["datasets"] == 0
     assert_problem(api.get(f"/v1/datasets/{a['id']}"), 404)
     assert_problem(api.delete(f"/v1/datasets/{a['id']}"), 404)
@@ -125,7 +129,7 @@ def test_delete_is_409_while_a_job_uses_it(api: TestClient, session: Session,
     job = api.post("/v1/jobs", json={"type": "train", "dataset_id": ds["id"]}).json()
     doc = assert_problem(api.delete(f"/v1/datasets/{ds['id']}"), 409)
     assert doc["jobs"] == [job["id"]]
-    assert _blob(settings, ds["sha256"]).exists()
+    assert _stored(settings, ds["sha256"])
     row = session.get(Job, job["id"])
     assert row is not None
     row.status = JobStatus.succeeded.value

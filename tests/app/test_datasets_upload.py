@@ -18,6 +18,7 @@ from starlette.requests import Request
 from app.errors import ProblemError
 from app.main import create_app
 from app.services.uploads import receive_multipart
+from core.artifacts import get_artifact_store
 from core.settings import Settings
 from tests.app.helpers import assert_problem, npy_bytes, npz_bytes, upload, zip_with_members
 
@@ -34,8 +35,8 @@ def test_good_npy_vectors_are_stored(api: TestClient, settings: Settings) -> Non
     assert doc["source_dtype"] == "<f8" and doc["is_image"] is False
     assert doc["split"] == {"test_fraction": 0.2, "seed": 0, "n_train": 40, "n_test": 10,
                             "held_out": "split"}
-    blob = settings.resolved_artifact_dir / doc["sha256"][:2] / doc["sha256"]
-    with np.load(blob, allow_pickle=False) as npz:
+    blob = get_artifact_store(settings).read_bytes(doc["sha256"])
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
         np.testing.assert_allclose(npz["x"], x.astype(np.float32))
         assert "labels" not in npz.files
 
@@ -49,8 +50,8 @@ def test_good_npz_images_with_labels_are_scaled(api: TestClient, settings: Setti
     doc = r.json()
     assert doc["shape"] == [20, 3, 6, 6] and doc["is_image"] and doc["num_classes"] == 4
     assert doc["value_range"] == [-1.0, 1.0] and doc["has_labels"]
-    blob = settings.resolved_artifact_dir / doc["sha256"][:2] / doc["sha256"]
-    with np.load(blob, allow_pickle=False) as npz:
+    blob = get_artifact_store(settings).read_bytes(doc["sha256"])
+    with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
         expected = np.transpose(x, (0, 3, 1, 2)) / 255.0 * 2 - 1
         np.testing.assert_allclose(npz["x"], expected, atol=1e-6)
         np.testing.assert_array_equal(npz["labels"], labels)

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from core.artifacts import get_artifact_store
 from tests.app.helpers import assert_problem, create_mixture
+from worker.blob_cache import worker_blob_cache
 from worker.jobs import run_job
 
 TINY = {"arch": "mlp", "fourier_features": 8, "width": 16, "hidden_widths": [16]}
@@ -101,8 +102,10 @@ def test_finished_sweep_has_the_table_over_seeds_and_the_log_fit(api: TestClient
 def test_a_grid_point_that_fails_is_reported_and_the_rest_is_fitted(api: TestClient) -> None:
     doc, dataset = run_sweep(api, {"n_train": [64, 128, 256, 300]}, run=3)
     assert doc["status"] == "running" and doc["counts"]["queued"] == 1
-    # the last job's input is gone from the artifact store when the worker gets to it
+    # the last job's input is gone from the artifact store when the worker gets to it (a worker
+    # whose blob cache has no copy: with a remote store, this one cached it for the first three)
     get_artifact_store().remove_blob(dataset["sha256"])
+    worker_blob_cache().path(dataset["sha256"]).unlink(missing_ok=True)
     last = doc["jobs"][-1]["id"]
     assert run_job(last) == "failed"
     doc = api.get(f"/v1/sweeps/{doc['id']}").json()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,30 @@ def test_named_objects_replace_and_delete(store: ArtifactStore) -> None:
     for bad in ("../escape", "/abs", "a/../../b", ""):
         with pytest.raises(ValueError):
             store.put_object(bad, b"x")
+
+
+def test_named_objects_are_listed_by_folder_with_size_and_age(store: ArtifactStore,
+                                                              session: Session) -> None:
+    before = time.time()
+    store.put_object("training-state/a.state", b"a" * 3)
+    store.put_object("training-state/deep/b.state", b"b" * 5)
+    store.put_object("training-state-not/c.state", b"c")  # a name that merely starts alike
+    store.put_object("other/d.state", b"d")
+    store.put_bytes(session, b"a blob", "x/y")  # blobs are not named objects
+    session.commit()
+    listed = sorted(store.list_objects("training-state/"))
+    assert [(name, size) for name, size, _ in listed] == [
+        ("training-state/a.state", 3), ("training-state/deep/b.state", 5)]
+    # last-modified POSIX seconds (S3: the server's clock, whole seconds)
+    assert all(before - 5 <= mtime <= time.time() + 5 for _, _, mtime in listed)
+    assert sorted(store.list_objects("training-state")) == listed  # the '/' is implied
+    store.delete_object("training-state/a.state")
+    assert [name for name, _, _ in store.list_objects("training-state/")] == [
+        "training-state/deep/b.state"]
+    assert list(store.list_objects("nothing-here/")) == []
+    for bad in ("", "/", "../x", "/abs/"):
+        with pytest.raises(ValueError):
+            list(store.list_objects(bad))
 
 
 def test_s3_store_never_creates_its_bucket(s3_server: str, tmp_path: Path,

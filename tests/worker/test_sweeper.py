@@ -1,5 +1,7 @@
 """The orphan sweep removes what superseded runs, killed requests and failed inserts left behind,
-and nothing that is in use."""
+and nothing that is in use — on both artifact stores (the local directory and S3 on the moto
+server). Ages: a sweep's `now` set twice the grace ahead stands in for waiting (an S3 object's
+last-modified time cannot be set back)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from core.artifacts import get_artifact_store
+from core.artifacts import ArtifactStore, get_artifact_store
 from core.db import session_scope
 from core.settings import get_settings
 from core.tables import (
@@ -57,7 +59,7 @@ def _age(path: Path, seconds: float) -> None:
     os.utime(path, (old, old))
 
 
-def test_rows_of_superseded_runs_go_and_results_stay(service_env) -> None:
+def test_rows_of_superseded_runs_go_and_results_stay(service_env, artifact_backend: str) -> None:
     with session_scope() as s:
         owner = make_owner(s)
         ds = make_mixture_dataset(s, owner, n=40)
@@ -89,6 +91,7 @@ def test_rows_of_superseded_runs_go_and_results_stay(service_env) -> None:
         stale_sha = stale_ckpt.sha256
         assert user_job.id
     store = get_artifact_store()
+    assert store.kind == artifact_backend
 
     report = sweep(GRACE)
     assert report.measurements == [ids["stale_meas"]]
@@ -103,12 +106,24 @@ def test_rows_of_superseded_runs_go_and_results_stay(service_env) -> None:
         for key in ("kept_meas", "final_meas", "live_meas"):
             assert s.get(Measurement, ids[key]) is not None, key
         assert s.get(Artifact, stale_sha) is None
-    assert not store.path(stale_sha).exists()
+    assert not store.exists(stale_sha)
     assert sweep(GRACE).total() == 0  # nothing left to do
 
 
-def test_staging_files_and_unreferenced_blobs_older_than_the_grace_go(service_env) -> None:
+def _put_without_row(store: ArtifactStore, data: bytes) -> str:
+    """Write blob `data` with the backend's primitive only (no `artifacts` row, no clean-up on
+    rollback): what a request killed with SIGKILL between the blob and the row leaves."""
+    sha = hashlib.sha256(data).hexdigest()
+    with store.staging_file() as staged:
+        staged.write_bytes(data)
+        store._put_file(sha, staged, len(data), "x/y", move=False)
+    return sha
+
+
+def test_staging_files_and_unreferenced_blobs_older_than_the_grace_go(
+        service_env, artifact_backend: str) -> None:
     store = get_artifact_store()
+    assert store.kind == artifact_backend
     with session_scope() as s:
         owner = make_owner(s)
         ds = make_mixture_dataset(s, owner, n=40)
@@ -117,48 +132,62 @@ def test_staging_files_and_unreferenced_blobs_older_than_the_grace_go(service_en
         young_unreferenced = store.put_bytes(s, b"a blob being committed", "x/y")
         s.execute(Artifact.__table__.update().where(Artifact.sha256 == unreferenced)
                   .values(created_at=utcnow() - timedelta(seconds=2 * GRACE)))
-    # a blob file whose row never committed (the API was killed with SIGKILL between the two, so
-    # the store's own clean-up after a rollback never ran)
-    rowless = hashlib.sha256(b"rolled back").hexdigest()
-    store.path(rowless).parent.mkdir(parents=True, exist_ok=True)
-    store.path(rowless).write_bytes(b"rolled back")
-    # an upload staged when the API was killed with SIGKILL, and one in progress
+    rowless = _put_without_row(store, b"rolled back")
+    # an upload staged in this host's scratch directory when the API was killed with SIGKILL,
+    # and one in progress
     old_stage = store.tmp_dir / "tmpabc.upload"
     old_stage.write_bytes(b"partial upload")
     new_stage = store.tmp_dir / "tmpdef.upload"
     new_stage.write_bytes(b"upload in progress")
-    for sha in (used, unreferenced, young_unreferenced, rowless):
-        _age(store.path(sha), 2 * GRACE)
-    _age(store.path(young_unreferenced), 10)
     _age(old_stage, 2 * GRACE)
 
+    # now: only what is older than the grace goes (the row dated back, the staged file aged)
     report = sweep(GRACE)
     assert report.staging_files == [old_stage.name]
-    assert sorted(report.blobs) == sorted([unreferenced, rowless])
+    assert report.blobs == [unreferenced]
     assert not old_stage.exists() and new_stage.exists()
-    assert store.path(used).exists() and store.path(young_unreferenced).exists()
-    assert not store.path(unreferenced).exists() and not store.path(rowless).exists()
+    assert not store.exists(unreferenced)
+    assert store.exists(used) and store.exists(young_unreferenced) and store.exists(rowless)
     with session_scope() as s:
         assert s.get(Artifact, unreferenced) is None
+        assert s.get(Artifact, young_unreferenced) is not None
+
+    # twice the grace later: the blob without a row and the row nothing took up go; in use stays
+    report = sweep(GRACE, now=time.time() + 2 * GRACE)
+    assert sorted(report.blobs) == sorted([young_unreferenced, rowless])
+    assert report.staging_files == [new_stage.name]
+    assert not store.exists(young_unreferenced) and not store.exists(rowless)
+    assert store.exists(used) and [sha for sha, _, _ in store.list_blobs()] == [used]
+    with session_scope() as s:
+        assert s.get(Artifact, young_unreferenced) is None
         assert s.get(Artifact, used) is not None
 
 
-def test_training_states_of_ended_jobs_go(service_env) -> None:
+def test_training_states_of_ended_and_gone_jobs_go_once_older_than_the_grace(
+        service_env, artifact_backend: str) -> None:
     with session_scope() as s:
         owner = make_owner(s)
         ds = make_mixture_dataset(s, owner, n=40)
         ended = make_job(s, owner, train_request(ds), status=JobStatus.failed.value).id
         running = make_job(s, owner, train_request(ds), status=JobStatus.running.value).id
-    store = get_artifact_store()  # the local store: states are its named objects
-    paths = {job_id: store.object_path(training_state_name(job_id))  # type: ignore[attr-defined]
-             for job_id in (ended, running, "job_gone")}
-    for path in paths.values():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"state")
-        _age(path, 2 * GRACE)
-    report = sweep(GRACE)
-    assert sorted(report.training_states) == sorted([paths[ended].name, paths["job_gone"].name])
-    assert paths[running].exists() and not paths[ended].exists()
+        queued = make_job(s, owner, train_request(ds), status=JobStatus.queued.value).id
+    store = get_artifact_store()
+    assert store.kind == artifact_backend
+    names = {job_id: training_state_name(job_id)
+             for job_id in (ended, running, queued, "job_gone")}
+    for job_id, name in names.items():
+        store.put_object(name, f"state of {job_id}".encode())
+
+    # fresh states stay whoever they belong to (an ended job's own clean-up may still come)
+    assert sweep(GRACE).training_states == []
+    assert sorted(n for n, _, _ in store.list_objects("training-state/")) == sorted(names.values())
+
+    # twice the grace later: those of the ended and the vanished job go, the live jobs' stay
+    report = sweep(GRACE, now=time.time() + 2 * GRACE)
+    assert sorted(report.training_states) == sorted([names[ended], names["job_gone"]])
+    assert store.get_object(names[ended]) is None and store.get_object(names["job_gone"]) is None
+    for job_id in (running, queued):
+        assert store.get_object(names[job_id]) == f"state of {job_id}".encode()
     assert get_settings().orphan_grace_seconds == 3600.0  # the documented default
     with session_scope() as s:
         assert s.get(Job, running).status == "running"
