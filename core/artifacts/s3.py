@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,25 @@ def _code(exc: Exception) -> str:
     return str(response.get("Error", {}).get("Code", ""))
 
 
+_SESSION_LOCK = threading.Lock()
+_SESSIONS: dict[int, Any] = {}  # process id -> boto3 Session
+
+
+def _new_client(**kwargs: Any) -> Any:
+    """A boto3 S3 client from this process's one Session: botocore then loads the S3 service
+    model once per process rather than once per store (several MB of objects per fresh
+    Session; a test run makes hundreds of stores). A forked child makes its own Session, and
+    the lock serialises client creation, which a Session does not make thread-safe."""
+    import boto3
+
+    with _SESSION_LOCK:
+        session = _SESSIONS.get(os.getpid())
+        if session is None:
+            _SESSIONS.clear()
+            session = _SESSIONS[os.getpid()] = boto3.session.Session()
+        return session.client("s3", **kwargs)
+
+
 class S3ArtifactStore(ArtifactStore):
     """Blobs in `bucket` under `prefix`; `scratch` is a local directory for staging."""
 
@@ -73,7 +93,6 @@ class S3ArtifactStore(ArtifactStore):
 
     # ---- client ----
     def _client(self, endpoint_url: str | None = None) -> Any:
-        import boto3
         from botocore.config import Config
 
         endpoint = endpoint_url or self.endpoint_url
@@ -83,8 +102,7 @@ class S3ArtifactStore(ArtifactStore):
             config = Config(s3={"addressing_style": "path"} if endpoint else {},
                             retries={"max_attempts": 5, "mode": "standard"},
                             signature_version="s3v4")
-            client = boto3.session.Session().client("s3", endpoint_url=endpoint,
-                                                    region_name=self.region, config=config)
+            client = _new_client(endpoint_url=endpoint, region_name=self.region, config=config)
             self._clients = {k: v for k, v in self._clients.items() if k[0] == os.getpid()}
             self._clients[key] = client
         return client
