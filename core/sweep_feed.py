@@ -69,9 +69,8 @@ def _release(session: Session, sweep_id: str, settings: Settings) -> list[Job]:
     held = [j for j in unfinished if j.held and j.status == JobStatus.queued.value]
     if not held:
         return []
-    sweep = session.get(Sweep, sweep_id)
-    order = {p["job_id"]: i for i, p in enumerate(sweep.points if sweep else [])}
-    held.sort(key=lambda j: (order.get(j.id, len(order)), j.id))
+    grid_order = {p["job_id"]: i for i, p in enumerate(session.get_one(Sweep, sweep_id).points)}
+    held.sort(key=lambda j: grid_order[j.id])
     room = feed_window(session, held[0].queue, settings) - (len(unfinished) - len(held))
     released = []
     for job in held[:max(0, room)]:
@@ -84,12 +83,11 @@ def _release(session: Session, sweep_id: str, settings: Settings) -> list[Job]:
     return released
 
 
-def feed_sweep(sweep_id: str, connection: Redis, settings: Settings | None = None) -> list[str]:
+def feed_sweep(sweep_id: str, connection: Redis) -> list[str]:
     """Release the sweep's next held jobs onto RQ, up to its window; returns their ids."""
-    settings = settings or get_settings()
     with session_scope() as session:
         released = [(job.id, job.queue, job.attempts)
-                    for job in _release(session, sweep_id, settings)]
+                    for job in _release(session, sweep_id, get_settings())]
     for job_id, queue_name, attempts in released:
         try:
             enqueue_job(job_id, queue_name, attempt=attempts, connection=connection)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from fastapi.testclient import TestClient
@@ -29,6 +30,7 @@ from worker.reconciler import reconcile
 TINY = {"arch": "mlp", "fourier_features": 8, "width": 16, "hidden_widths": [16]}
 TRAINING = {"epochs": 1, "batch_size": 64, "num_steps": 2}
 MEASUREMENT = {"n_times": 8, "n_samples": 256}
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -119,14 +121,7 @@ def test_concurrent_feeds_release_exactly_the_window(api: TestClient, window: in
     sweep_id = rows(session, ids[:1])[0].sweep_id
     assert sweep_id is not None
     end_jobs(session, ids[:2])  # the window's two jobs ended: room for two more
-    released: list[str] = []
-    start = threading.Barrier(8)
-
-    def feed() -> None:
-        start.wait()
-        released.extend(feed_sweep(sweep_id, bundled_redis))
-
-    run_all([feed] * 8)
+    released = [i for ids_ in at_once(lambda: feed_sweep(sweep_id, bundled_redis)) for i in ids_]
     assert sorted(released) == sorted(ids[2:4])  # the next two in grid order, each once
     assert sorted(on_queue(bundled_redis)) == sorted(ids[:4])
     assert [j.held for j in rows(session, ids)] == [False] * 4 + [True] * 3
@@ -171,34 +166,19 @@ def test_concurrent_submissions_respect_the_queued_cap(settings: Settings,
     with TestClient(create_app(capped), raise_server_exceptions=False) as c:
         c.headers["Authorization"] = f"Bearer {owner_key[1]}"
         ds = create_mixture(c, n_samples=200)
-        codes: list[int] = []
-        start = threading.Barrier(8)
-
-        def post() -> None:
-            start.wait()
-            codes.append(c.post("/v1/jobs", json={"type": "train",
-                                                  "dataset_id": ds["id"]}).status_code)
-
-        run_all([post] * 8)
+        codes = at_once(lambda: c.post("/v1/jobs", json={"type": "train",
+                                                          "dataset_id": ds["id"]}).status_code)
     assert sorted(codes) == [202] + [429] * 7
     assert len(session.scalars(select(Job)).all()) == 1
 
 
-def run_all(actions: list[Callable[[], None]]) -> None:
-    """Run each action in its own thread; re-raise the first exception any of them raised."""
-    errors: list[BaseException] = []
+def at_once(call: Callable[[], T], n: int = 8) -> list[T]:
+    """`call()` in `n` threads released together; their results (an exception is re-raised)."""
+    start = threading.Barrier(n, timeout=60)
 
-    def guarded(action: Callable[[], None]) -> None:
-        try:
-            action()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
-            errors.append(exc)
+    def run(_: int) -> T:
+        start.wait()
+        return call()
 
-    threads = [threading.Thread(target=guarded, args=(a,)) for a in actions]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a thread did not finish in 120 s"
-    if errors:
-        raise errors[0]
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(run, range(n)))
